@@ -1,0 +1,96 @@
+"""The ``maskloop`` command line: every stage plus status and the human-facing commands.
+
+Stage commands (``maskloop ingest``, ``maskloop curate``...) are what ``dvc.yaml`` runs; each reads
+its section of ``params.yaml`` and runs on the per-item runner. Modules are imported only when their
+command runs, so ``maskloop --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import UserError
+from pipeline.params import DEFAULT_PARAMS, ParamsError
+
+log = logging.getLogger("pipeline")
+
+app = typer.Typer(
+    name="maskloop",
+    help="Ground-truth factory for background removal and matting: pre-annotate, correct in CVAT or "
+    "Label Studio, QA, trimaps/alpha/composites, export, train, repeat. Run `dvc repro` for the whole chain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = Annotated[
+    Path, typer.Option("--params", "-p", help="params file (paths and every stage's settings).")
+]
+RetryOption = Annotated[
+    bool, typer.Option("--retry-failed", help="recompute items that failed last time even if unchanged.")
+]
+
+# name -> (module exposing run(params_path, retry_failed), one-line help). Keep in data-flow order.
+STAGES: dict[str, tuple[str, str]] = {
+    "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
+}
+
+# Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status",)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    for name in ("pipeline", "qa", "dashboards"):
+        logging.getLogger(name).setLevel(level)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging.")] = False,
+) -> None:
+    """maskloop: turn raw photos into a versioned, human-verified matting dataset."""
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    _setup_logging(verbose)
+
+
+def run_guarded(fn: object, *args: object, **kwargs: object) -> object:
+    """Call ``fn``; print expected errors as one clear sentence and exit 1 (no traceback)."""
+    from pipeline.runner import SetupFailed, StageFailed
+
+    try:
+        return fn(*args, **kwargs)  # type: ignore[operator]
+    except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _make_stage_command(name: str, module: str, help_text: str) -> None:
+    def command(params: ParamsOption = DEFAULT_PARAMS, retry_failed: RetryOption = False) -> None:
+        mod = importlib.import_module(module)
+        run_guarded(mod.run, params, retry_failed=retry_failed)
+
+    command.__doc__ = help_text
+    app.command(name, help=help_text)(command)
+
+
+for _name, (_module, _help) in STAGES.items():
+    _make_stage_command(_name, _module, _help)
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def entry() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())

@@ -1,0 +1,382 @@
+"""The one module that reads and writes images, masks, tables and JSON.
+
+Conventions (every stage relies on them):
+
+- **Images** come back as ``np.ndarray`` RGB ``uint8`` of shape ``(H, W, 3)``, upright.
+- **Masks** are ``uint8`` ``(H, W)`` with values exactly ``{0, 255}`` (0 = background).
+- **Soft masks / probabilities / alpha** are ``uint8`` ``(H, W)`` in ``0..255`` (16-bit alpha optional).
+- **Trimaps** are ``uint8`` ``(H, W)`` with values exactly ``{0, 128, 255}``.
+- **Tables** are Parquet (pandas + pyarrow); **metrics** are JSON with sorted keys.
+
+Image normalisation policy (:func:`read_image`):
+
+=================  ==========================================================================
+input              what you get
+=================  ==========================================================================
+EXIF orientation   pixels rotated/flipped upright (tag recorded as ``orientation``)
+greyscale (L, 1)   replicated to three equal channels
+16-bit (I;16, I)   scaled to 8 bit (``round(v / 257)``), then as greyscale
+palette (P)        expanded through its palette; transparency composited over white
+RGBA / LA          composited over white (transparent pixels carry no usable colour)
+CMYK / YCbCr / LAB converted to RGB by Pillow's colour conversion
+=================  ==========================================================================
+
+Images larger than ``max_pixels`` are refused **before** decoding (decompression bombs).
+Every write goes to a temporary file in the destination folder and is renamed into place,
+so a killed process never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Our own pixel limit (params) replaces Pillow's global one, which would warn or raise
+# with a message that names no file.
+Image.MAX_IMAGE_PIXELS = None
+
+DEFAULT_MAX_PIXELS = 100_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+TMP_MARKER = ".tmp-"
+
+
+class ImageError(ValueError):
+    """An input file cannot be used as an image/mask; ``str()`` names the file and the problem."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What :func:`probe_image` learns from a file header (sizes are after EXIF orientation)."""
+
+    width: int
+    height: int
+    orientation: int
+    mode: str
+    format: str
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # malformed EXIF blocks must not make a good image unusable
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except UnidentifiedImageError as exc:
+        raise ImageError(path, "not an image file Pillow can identify (wrong extension or corrupt header)") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot open image: {exc}") from exc
+    try:
+        yield img
+    finally:
+        img.close()
+
+
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Read only the header of ``path``: size (after orientation), orientation tag, mode, format."""
+    with _open(path) as img:
+        return _info(path, img, max_pixels)
+
+
+def _info(path: Path, img: Image.Image, max_pixels: int) -> ImageInfo:
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError(path, f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError(
+            path, f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} (ingest.max_pixels)"
+        )
+    orientation = _orientation(img)
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return ImageInfo(width=w, height=h, orientation=orientation, mode=img.mode, format=img.format or "")
+
+
+def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``path`` fully into an upright RGB uint8 ``(H, W, 3)`` array, plus its :class:`ImageInfo`.
+
+    Raises :class:`ImageError` naming the file for empty, truncated, unidentifiable or oversized files.
+    """
+    with _open(path) as img:
+        info = _info(path, img, max_pixels)
+        try:
+            img.load()
+            upright = ImageOps.exif_transpose(img) if info.orientation != 1 else img
+            arr = np.asarray(_to_rgb(upright), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(path, f"cannot decode image data ({exc}); the file is probably truncated or corrupt") from exc
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ImageError(path, f"decoded to unexpected shape {arr.shape}")
+    return np.ascontiguousarray(arr), info
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Upright RGB uint8 ``(H, W, 3)`` pixels of ``path`` (see the module policy)."""
+    return load_image(path, max_pixels)[0]
+
+
+def _over_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "F":
+            arr = np.clip(arr, 0.0, 1.0) * 255.0 if arr.max(initial=0) <= 1.0 else arr / 257.0
+        else:
+            arr = arr / 257.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _over_white(img)
+    if mode == "P":
+        if "transparency" in img.info:
+            return _over_white(img)
+        return img.convert("RGB")
+    return img.convert("RGB")
+
+
+# --------------------------------------------------------------------------- single-channel maps
+
+
+def _decode_single(path: Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageError(path, "not a decodable image (corrupt or wrong format)")
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        if not (np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2])):
+            raise ImageError(path, f"expected a single-channel map, got {arr.shape[2]} channels with different values")
+        arr = arr[:, :, 0]
+    return np.ascontiguousarray(arr)
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """A single-channel 8-bit map ``(H, W)`` uint8; 16-bit files are scaled to 8 bit.
+
+    Files with three equal channels (common for mattes saved as RGB) are accepted as grey.
+    """
+    arr = _decode_single(path)
+    if arr.dtype == np.uint16:
+        arr = np.rint(arr.astype(np.float64) / 257.0).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ImageError(path, f"unsupported sample type {arr.dtype}")
+    return arr
+
+
+def read_alpha(path: Path) -> np.ndarray:
+    """Alpha matte as float32 ``(H, W)`` in ``[0, 1]``; reads 8- and 16-bit files exactly."""
+    arr = _decode_single(path)
+    if arr.dtype == np.uint16:
+        return (arr.astype(np.float32) / 65535.0).astype(np.float32)
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) / 255.0).astype(np.float32)
+    raise ImageError(path, f"unsupported sample type {arr.dtype}")
+
+
+def read_mask(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Binary mask ``(H, W)`` uint8 with values exactly ``{0, 255}``.
+
+    Raises :class:`ImageError` when the file holds other values or (with ``shape``) the wrong size.
+    Use :func:`read_gray` to inspect a mask that may not be binary.
+    """
+    arr = read_gray(path)
+    if shape is not None and arr.shape != tuple(shape):
+        raise ImageError(path, f"mask is {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
+    bad = (arr != 0) & (arr != 255)
+    if bad.any():
+        raise ImageError(path, f"mask is not binary: {int(np.count_nonzero(bad))} pixels outside {{0, 255}}")
+    return arr
+
+
+def read_trimap(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Trimap ``(H, W)`` uint8 with values exactly ``{0, 128, 255}`` (palette files by grey value)."""
+    arr = read_gray(path)
+    if shape is not None and arr.shape != tuple(shape):
+        raise ImageError(path, f"trimap is {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
+    bad = (arr != 0) & (arr != 128) & (arr != 255)
+    if bad.any():
+        raise ImageError(path, f"trimap has {int(np.count_nonzero(bad))} pixels outside {{0, 128, 255}}")
+    return arr
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_png(arr: np.ndarray, compression: int = 3) -> bytes:
+    """PNG bytes of a ``(H, W)`` grey (uint8/uint16) or ``(H, W, 3)`` RGB uint8 array (deterministic)."""
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA)
+    elif arr.ndim != 2:
+        raise ValueError(f"cannot encode array of shape {arr.shape} as PNG")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG needs uint8 or uint16 samples, got {arr.dtype}")
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for array {arr.shape} {arr.dtype}")
+    return buf.tobytes()
+
+
+def encode_jpeg(arr: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG bytes of an RGB uint8 ``(H, W, 3)`` array (deterministic for the same libjpeg)."""
+    bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for array {arr.shape}")
+    return buf.tobytes()
+
+
+def decode_image_bytes(data: bytes) -> np.ndarray:
+    """Decode in-memory PNG/JPEG bytes: grey ``(H, W)`` or RGB ``(H, W, 3)``."""
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("bytes are not a decodable image")
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return arr
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_png(path: Path, arr: np.ndarray) -> None:
+    """Atomically write an image/mask/alpha array as PNG (see :func:`encode_png`)."""
+    write_bytes(path, encode_png(arr))
+
+
+def dumps_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, 2-space indent, trailing newline (stable for DVC hashes)."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read JSON: {exc}") from exc
+
+
+def write_parquet(path: Path, df: Any) -> None:
+    """Atomically write a pandas DataFrame as Parquet (no index; deterministic bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> Any:
+    """Read a Parquet table into a pandas DataFrame; a clear error naming the file otherwise."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: table not found (has the stage that writes it run?)")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read Parquet table: {exc}") from exc
+
+
+def remove(path: Path) -> None:
+    """Delete a file if it exists."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def is_temp_file(path: Path) -> bool:
+    """True for leftovers of an interrupted atomic write."""
+    return TMP_MARKER in Path(path).name and Path(path).name.startswith(".")

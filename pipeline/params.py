@@ -1,0 +1,244 @@
+"""``params.yaml`` sections -> frozen, validated dataclasses.
+
+Every stage owns one section of ``params.yaml`` and declares a frozen dataclass for it.
+:func:`load_section` builds that dataclass from the YAML mapping, recursing into nested
+dataclasses, converting lists to tuples and rejecting unknown or mistyped keys with an
+error that names the file, the key path and the bad value.
+
+Paths live in their own top-level ``paths`` section (:class:`Paths`) so that moving data
+around never changes a stage's fingerprint; the algorithm parameters of a stage do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A ``params.yaml`` problem: missing section, unknown key, wrong type or value."""
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Read a params YAML file into a dict; a clear :class:`ParamsError` when it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section(path: Path, section: str, cls: type[T]) -> T:
+    """Build the frozen dataclass ``cls`` from section ``section`` of the params file ``path``.
+
+    A missing section means "all defaults". Unknown keys are errors (typos must not pass silently).
+    """
+    data = read_params_file(path)
+    raw = data.get(section, {})
+    if raw is None:
+        raw = {}
+    return from_mapping(cls, raw, where=f"{path}:{section}")
+
+
+def from_mapping(cls: type[T], raw: Any, where: str) -> T:
+    """Construct dataclass ``cls`` from a plain mapping, validating keys and types."""
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{where}: {exc}") from exc
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(f"{where}: {value!r} matches none of {tp}: {'; '.join(errors)}")
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if is_dataclass(tp) and isinstance(tp, type):
+        return from_mapping(tp, value if value is not None else {}, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ParamsError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_convert(kt, k, where): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Path:
+        if not isinstance(value, str | Path):
+            raise ParamsError(f"{where}: expected a path string, got {value!r}")
+        return Path(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON-able form of a params dataclass (paths as strings, tuples as lists)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    return obj
+
+
+def params_digest(obj: Any) -> str:
+    """Stable SHA-256 hex digest of a params dataclass (canonical JSON)."""
+    blob = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass(frozen=True)
+class RayParams:
+    """Where the Ray cluster is (only read when ``runner.executor`` is ``ray``)."""
+
+    address: str = "auto"
+    num_cpus_per_task: float = 1.0
+    num_gpus_per_task: float = 0.0
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class RunnerParams:
+    """How the per-item runner executes a stage (section ``runner``).
+
+    ``workers``: worker processes; 0 means one per CPU core. ``max_failure_fraction``: the stage
+    exits non-zero when more than this fraction of its items failed.
+    """
+
+    executor: Literal["local", "ray"] = "local"
+    workers: int = 0
+    max_failure_fraction: float = 0.1
+    chunksize: int = 1
+    start_method: Literal["fork", "forkserver", "spawn"] = "fork"
+    progress: bool = True
+    ray: RayParams = field(default_factory=RayParams)
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.max_failure_fraction <= 1.0:
+            raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {self.chunksize}")
+
+    def resolved_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every data location of the pipeline (section ``paths``), relative to the project root.
+
+    ``dvc.yaml`` reads the same values through templating (``${paths.raw}``), so a stage's
+    declared deps/outs and the paths it really uses can never disagree.
+    """
+
+    raw: Path = Path("data/raw/images")
+    manifest: Path = Path("data/ingest/manifest.parquet")
+    ingest: Path = Path("data/ingest")
+    preannotate: Path = Path("data/preannotate")
+    sam_cache: Path = Path("data/sam_cache")
+    annotation: Path = Path("data/annotation")
+    corrections: Path = Path("data/corrections")
+    decisions: Path = Path("data/review/decisions.parquet")
+    review_db: Path = Path("data/review/decisions.sqlite")
+    curated: Path = Path("data/curated")
+    trimap: Path = Path("data/trimap")
+    matte: Path = Path("data/matte")
+    backgrounds: Path = Path("data/backgrounds")
+    composite: Path = Path("data/composite")
+    export: Path = Path("data/export")
+    models: Path = Path("models")
+    train: Path = Path("models/train")
+    promoted: Path = Path("models/promoted")
+    evaluate: Path = Path("data/evaluate")
+    reports: Path = Path("reports")
+    metrics: Path = Path("metrics")
+    state: Path = Path(".maskloop/state")
+
+
+def load_paths(path: Path) -> Paths:
+    return load_section(path, "paths", Paths)
+
+
+def load_runner(path: Path) -> RunnerParams:
+    return load_section(path, "runner", RunnerParams)
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` with a type-preserving signature."""
+    return typing.cast(T, dataclasses.replace(obj, **changes))  # type: ignore[type-var]
