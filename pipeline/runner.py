@@ -172,6 +172,14 @@ class StageResult:
     def record_map(self) -> dict[str, Mapping[str, Any]]:
         return dict(self.records)
 
+    def frame(self, columns: Sequence[str]) -> Any:
+        """The ok items' records as a pandas DataFrame with exactly ``columns``, sorted by key
+        (an empty table still has its columns, so readers never special-case it)."""
+        import pandas as pd
+
+        rows = [{c: rec.get(c) for c in columns} for _key, rec in self.records]
+        return pd.DataFrame(rows, columns=list(columns))
+
 
 # --------------------------------------------------------------------------- hashing / state
 
