@@ -43,7 +43,7 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status",)
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd")
 
 
 def _setup_logging(verbose: bool) -> None:

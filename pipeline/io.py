@@ -33,7 +33,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,10 +298,8 @@ def write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -371,10 +369,8 @@ def read_parquet(path: Path, columns: list[str] | None = None) -> Any:
 
 def remove(path: Path) -> None:
     """Delete a file if it exists."""
-    try:
+    with suppress(FileNotFoundError):
         Path(path).unlink()
-    except FileNotFoundError:
-        pass
 
 
 def is_temp_file(path: Path) -> bool:
