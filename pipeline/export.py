@@ -287,11 +287,11 @@ def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lin
             if src not in wanted:
                 continue
             image = _find_file(croot / "images", cid)
-            mask = _find_file(croot / "masks", cid)
-            if image is None or mask is None:
+            cmask = _find_file(croot / "masks", cid)
+            if image is None or cmask is None:
                 log.warning("composite %s of item %s: image or mask missing under %s; skipped", cid, src, croot)
                 continue
-            inputs = {"image": FileInput(image), "mask": FileInput(mask)}
+            inputs = {"image": FileInput(image), "mask": FileInput(cmask)}
             for name, sub in (("trimap", "trimaps"), ("alpha", "alpha")):
                 found = _find_file(croot / sub, cid)
                 if found is not None:
@@ -439,8 +439,8 @@ def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence
             zip((str(m) for m in p["model"]), (str(v) for v in version), strict=True)
         )
         lines += ["| model | version | items |", "|---|---|---|"]
-        for (m, v), n in sorted(models.items()):
-            lines.append(f"| {m} | {v} | {n} |")
+        for (m, mv), count in sorted(models.items()):
+            lines.append(f"| {m} | {mv} | {count} |")
     else:
         lines.append("No pre-annotation table found.")
     lines += ["", "## Files", "", "- `coco/<split>.json`: COCO instances, category `foreground`, RLE segmentation "
