@@ -40,6 +40,7 @@ RetryOption = Annotated[
 # name -> (module exposing run(params_path, retry_failed), one-line help). Keep in data-flow order.
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
+    "curate": ("pipeline.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).

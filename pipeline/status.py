@@ -20,7 +20,9 @@ STAGE_ORDER = (
 )
 
 # Extra sections: (title, function(paths) -> list of lines). Stages register theirs here.
-SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = []
+SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = [
+    ("qa", lambda paths: __import__("qa.report", fromlist=["status_lines"]).status_lines(paths)),
+]
 
 
 def stage_lines(paths: Paths, max_reasons: int = 5) -> list[str]:
