@@ -145,8 +145,13 @@ class AnnotationBackend(Protocol):
         ...
 
 
-# name -> "module:factory"; factory(params: AnnotationParams-like section, paths) -> backend. Imported lazily.
-BACKENDS: dict[str, str] = {}
+# name -> "module:factory"; factory(settings: Mapping (the backend's subsection of params.yaml `annotation`),
+# paths: Paths, where: str (for error messages)) -> backend. Imported lazily.
+BACKENDS: dict[str, str] = {
+    "files": "pipeline.annotation.files:make_backend",
+    "labelstudio": "pipeline.annotation.labelstudio:make_backend",
+    "none": "pipeline.annotation.none:make_backend",
+}
 
 
 def get_backend(name: str, *args: Any, **kwargs: Any) -> AnnotationBackend:
