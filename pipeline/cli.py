@@ -41,10 +41,13 @@ RetryOption = Annotated[
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
     "curate": ("pipeline.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
+    "export": ("pipeline.export", "Versioned dataset: COCO RLE, matting folders, leak-free stratified splits, card."),
+    "train": ("pipeline.train", "Train the binary segmenter (LR-ASPP/DeepLabV3 MobileNetV3) on the export."),
+    "evaluate": ("pipeline.evaluate", "Test-split IoU/F/boundary F/MAE and correction effort per model version."),
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote")
 
 
 def _setup_logging(verbose: bool) -> None:
