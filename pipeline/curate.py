@@ -175,7 +175,9 @@ def process(work: WorkItem, cfg: CurateConfig, _resource: Any) -> ItemResult:
     queue_reason = ""
     if stale:
         queue_reason = f"decision {decision['decision_id'] if decision else ''} is stale (the mask changed since)"
-    waiting = (human or cfg.curate.include_unverified) and kind not in ("accept", "fix", "reject")
+    # a reviewer's decision is wanted for a mask that could enter ground truth and has unresolved findings;
+    # items without any mask wait for (pre-)annotation, not for review
+    waiting = bool(source) and (human or cfg.curate.include_unverified) and kind not in ("accept", "fix", "reject")
     queued = bool(stale or (waiting and unresolved) or (unresolved and blocking and source))
     if kind in ("accept", "fix") and not stale:
         queued = bool(blocking)
