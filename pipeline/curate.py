@@ -181,6 +181,8 @@ def process(work: WorkItem, cfg: CurateConfig, _resource: Any) -> ItemResult:
     queued = bool(stale or (waiting and unresolved) or (unresolved and blocking and source))
     if kind in ("accept", "fix") and not stale:
         queued = bool(blocking)
+    if kind == "fix" and valid and valid["fix"] not in FIXES:
+        queued, queue_reason = True, reason
 
     files: dict[str, bytes] = {}
     mask_digest = ""

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import curate, io, ingest
+from pipeline import curate, ingest, io
 from pipeline.errors import ConfigError
 from pipeline.params import ParamsError
 from qa.decisions import DECISION_COLUMNS
@@ -208,6 +208,7 @@ def test_bad_params_and_decisions(proj: dict[str, object]) -> None:
     curate.run(Path("params.yaml"))
     c, _r, q, _m = tables()
     assert not c.loc[k[0], "included"] and "unknown fix 'blur'" in c.loc[k[0], "excluded_reason"]
+    assert "unknown fix 'blur'" in q[q.item_id == k[0]].iloc[0].reason  # back to the reviewer
     io.write_parquet(Path("data/corrections/corrections.parquet"), pd.DataFrame({"id": [k[0]]}))
     with pytest.raises(ConfigError, match="lacks the item_id column"):
         curate.run(Path("params.yaml"))
