@@ -41,13 +41,16 @@ RetryOption = Annotated[
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
     "curate": ("pipeline.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
+    "trimap": ("pipeline.trimap", "Trimaps: an unknown band around each curated mask (widened on textured edges)."),
+    "matte": ("pipeline.matte", "Alpha mattes solved only in the trimap's unknown band, plus foreground colours."),
+    "composite": ("pipeline.composite", "Seeded Deep-Image-Matting composites over the background pool, with lineage."),
     "export": ("pipeline.export", "Versioned dataset: COCO RLE, matting folders, leak-free stratified splits, card."),
     "train": ("pipeline.train", "Train the binary segmenter (LR-ASPP/DeepLabV3 MobileNetV3) on the export."),
     "evaluate": ("pipeline.evaluate", "Test-split IoU/F/boundary F/MAE and correction effort per model version."),
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting")
 
 
 def _setup_logging(verbose: bool) -> None:
