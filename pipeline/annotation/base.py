@@ -148,6 +148,7 @@ class AnnotationBackend(Protocol):
 # name -> "module:factory"; factory(settings: Mapping (the backend's subsection of params.yaml `annotation`),
 # paths: Paths, where: str (for error messages)) -> backend. Imported lazily.
 BACKENDS: dict[str, str] = {
+    "cvat": "pipeline.annotation.cvat:make_backend",
     "files": "pipeline.annotation.files:make_backend",
     "labelstudio": "pipeline.annotation.labelstudio:make_backend",
     "none": "pipeline.annotation.none:make_backend",
