@@ -324,6 +324,34 @@ def _scale_for(shape: tuple[int, int], max_side: int) -> float:
     return min(1.0, max_side / max(shape))
 
 
+def shrink(arr: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``arr`` ((H, W) or (H, W, C) uint8) resized so its longer side is at most ``max_side``; returns
+    ``(resized, scale)``. Large reductions first take every k-th pixel (down to twice the target size),
+    then area-average: ~3x faster on 12 MP than area averaging alone, and smooth enough for gradients."""
+    h, w = arr.shape[:2]
+    scale = _scale_for((h, w), max_side)
+    if scale >= 1.0:
+        return arr, 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    k = int(1.0 / (2.0 * scale))
+    if k >= 2:
+        arr = np.ascontiguousarray(arr[::k, ::k])
+    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA), scale
+
+
+def shrink_mask(fg: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Bool mask ``fg`` shrunk like :func:`shrink` (re-thresholded at half coverage)."""
+    h, w = fg.shape
+    scale = _scale_for((h, w), max_side)
+    if scale >= 1.0:
+        return fg, 1.0
+    k = int(1.0 / (2.0 * scale))
+    sub = fg[::k, ::k] if k >= 2 else fg
+    u8 = np.ascontiguousarray(sub).view(np.uint8) * np.uint8(255)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(u8, size, interpolation=cv2.INTER_AREA) >= 128, scale
+
+
 def edge_response(image: np.ndarray, fg: np.ndarray, max_side: int, max_shift: int) -> tuple[np.ndarray, float]:
     """Mean image-gradient magnitude along the mask boundary for every shift of the boundary.
 
@@ -331,14 +359,8 @@ def edge_response(image: np.ndarray, fg: np.ndarray, max_side: int, max_shift: i
     ``response`` float64 ``(2S+1, 2S+1)`` indexed ``[dy + S, dx + S]`` (S = ``max_shift``), the mean
     gradient under the boundary moved by ``(dx, dy)`` analysis pixels.
     """
-    h, w = fg.shape
-    scale = _scale_for((h, w), max_side)
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small_img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        small_fg = cv2.resize(fg.view(np.uint8) * np.uint8(255), size, interpolation=cv2.INTER_AREA) >= 128
-    else:
-        small_img, small_fg = image, fg
+    small_img, scale = shrink(image, max_side)
+    small_fg, _ = shrink_mask(fg, max_side)
     grey = cv2.GaussianBlur(cv2.cvtColor(small_img, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
@@ -348,7 +370,7 @@ def edge_response(image: np.ndarray, fg: np.ndarray, max_side: int, max_shift: i
     band = (cv2.dilate(u8, kernel) != cv2.erode(u8, kernel)).astype(np.float32)  # 2-px boundary band
     s = max_shift
     grad_p = cv2.copyMakeBorder(grad, s, s, s, s, cv2.BORDER_REFLECT)
-    n = float(band.sum())
+    n = float(cv2.countNonZero(band))
     if n == 0:
         return np.zeros((2 * s + 1, 2 * s + 1)), scale
     # correlation of the band with the gradient for every shift: response[dy+S, dx+S]
@@ -415,12 +437,8 @@ def check_jaggedness(fg: np.ndarray, params: QAParams) -> Finding:
     runs along diagonal stretches of the outline (see :func:`stair_fraction`), at a scale where the longer
     side is at most ``jagged_max_side``. Smooth hand-drawn or polygon boundaries score near 0; masks
     rebuilt from a coarse grid (blocky, nearest-neighbour upscaled) score well above ``jagged_max_fraction``."""
-    h, w = fg.shape
-    scale = _scale_for((h, w), params.jagged_max_side)
-    u8 = fg.view(np.uint8)
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        u8 = (cv2.resize(u8 * np.uint8(255), size, interpolation=cv2.INTER_AREA) >= 128).view(np.uint8)
+    small, _ = shrink_mask(fg, params.jagged_max_side)
+    u8 = np.ascontiguousarray(small).view(np.uint8)
     contours, _ = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     stair = total = 0
     for c in contours:
@@ -452,9 +470,10 @@ def _boundary(fg: np.ndarray) -> np.ndarray:
     return (u8 != cv2.erode(u8, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)).view(bool)
 
 
-def disagreement(pre: np.ndarray, corrected: np.ndarray, tolerance: float) -> Disagreement:
+def disagreement(pre: np.ndarray, corrected: np.ndarray, tolerance: float, max_side: int = 1000) -> Disagreement:
     """Compare two bool ``(H, W)`` masks; ``tolerance`` is the boundary-F tolerance as a fraction of the
-    image diagonal (at least 1 px), as in the DAVIS benchmark."""
+    image diagonal (at least 1 px), as in the DAVIS benchmark. IoU and changed pixels are exact; the
+    boundary F is measured at a size whose longer side is at most ``max_side`` (tolerance scaled alike)."""
     if pre.shape != corrected.shape:
         raise ValueError(f"pre-annotation {pre.shape} and correction {corrected.shape} differ in size")
     a, b = pre.view(np.uint8), corrected.view(np.uint8)
@@ -464,14 +483,18 @@ def disagreement(pre: np.ndarray, corrected: np.ndarray, tolerance: float) -> Di
     iou = inter / union if union else 1.0
     h, w = pre.shape
     tol = max(1, round(tolerance * math.hypot(h, w)))
-    ba, bb = _boundary(pre), _boundary(corrected)
-    na, nb = int(ba.sum()), int(bb.sum())
+    # boundary F at a working size (longer side <= max_side) with the tolerance scaled alike
+    small_a, scale = shrink_mask(pre, max_side)
+    small_b, _ = shrink_mask(corrected, max_side)
+    tol_s = max(1, round(tol * scale))
+    ba, bb = _boundary(np.ascontiguousarray(small_a)), _boundary(np.ascontiguousarray(small_b))
+    na, nb = int(np.count_nonzero(ba)), int(np.count_nonzero(bb))
     if na == 0 and nb == 0:
         bf = 1.0
     elif na == 0 or nb == 0:
         bf = 0.0
     else:
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol_s + 1, 2 * tol_s + 1))
         da = cv2.dilate(ba.view(np.uint8), k).view(bool)
         db = cv2.dilate(bb.view(np.uint8), k).view(bool)
         precision = float(np.count_nonzero(bb & da)) / nb
@@ -546,7 +569,7 @@ def run_checks(
     d = None
     if pre is not None and pre.shape == fg.shape:
         d = disagreement(pre.astype(bool, copy=False) if pre.dtype == bool else pre >= 128, fg,
-                         params.boundary_tolerance)
+                         params.boundary_tolerance, params.jagged_max_side)
         out.append(check_disagreement(d, params))
     return MaskReport(tuple(out), d)
 

@@ -21,14 +21,14 @@ _BLOCK = 2048
 
 def phash(image: np.ndarray) -> str:
     """64-bit DCT perceptual hash of an RGB uint8 ``(H, W, 3)`` (or grey ``(H, W)``) image as 16 hex digits."""
-    if image.ndim == 3:
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    elif image.ndim == 2:
-        grey = image
-    else:
+    if image.ndim not in (2, 3):
         raise ValueError(f"phash needs an (H, W, 3) or (H, W) image, got shape {image.shape}")
-    if grey.size == 0:
+    if image.size == 0:
         raise ValueError("phash of an empty image")
+    h, w = image.shape[:2]
+    k = min(h, w) // 128  # take every k-th pixel first (>= 128 px left), then area-average to 32x32
+    sub = np.ascontiguousarray(image[::k, ::k]) if k >= 2 else image
+    grey = cv2.cvtColor(sub, cv2.COLOR_RGB2GRAY) if sub.ndim == 3 else sub
     small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     freq = np.asarray(cv2.dct(small), dtype=np.float64)[:8, :8].ravel()[1:]  # 63 low frequencies without DC
     bits = freq > np.median(freq)
