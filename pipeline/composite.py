@@ -171,7 +171,7 @@ def add_shadow(bg: np.ndarray, alpha: np.ndarray, opacity: float, blur_px: int, 
     sh = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0).astype(np.float32) / 255.0
     if blur_px > 0:
         k = 2 * blur_px + 1
-        sh = cv2.GaussianBlur(sh, (k, k), 0)
+        sh = np.asarray(cv2.GaussianBlur(sh, (k, k), 0), dtype=np.float32)
     factor = 1.0 - opacity * sh
     return np.clip(np.rint(bg.astype(np.float32) * factor[:, :, None]), 0, 255).astype(np.uint8)
 
