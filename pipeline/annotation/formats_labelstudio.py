@@ -170,7 +170,8 @@ def _sniff_json(path: Path) -> bool:
         return False
     with open(path, "rb") as fh:
         head = fh.read(4096).lstrip()
-    return head.startswith(b"[") and (b'"annotations"' in head or head.rstrip() in (b"[]", b"[")) and b'"data"' in head
+    # a list of task objects: {"id": ..., "annotations": [...], ..., "data": {...}} (keys in any order)
+    return head.startswith(b"[") and (b'"annotations"' in head or b'"data"' in head)
 
 
 def _read_json(path: Path, options: ReadOptions) -> Iterator[ExportedAnnotation]:
