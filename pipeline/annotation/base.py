@@ -21,11 +21,12 @@ from pipeline.errors import ConfigError
 
 RECEIPT_COLUMNS = (
     "item_id", "backend", "project_id", "task_id", "frame", "prediction_digest", "model_version", "pushed_digest",
-    "status",
+    "status", "server_version",
 )
 """Receipt table: one row per pushed item. ``frame`` is -1 for backends without frames. ``prediction_digest``
 is the SHA-256 of what was pushed (mask bytes + model version + review note) so an unchanged item is never
-pushed twice. ``status`` is ``active`` or ``removed`` (item no longer in the dataset; reported, never deleted)."""
+pushed twice. ``status`` is ``active`` or ``removed`` (item no longer in the dataset; reported, never deleted). ``server_version``:
+the tool's version at the push ("" when unknown; receipts written before this column existed read as "")."""
 
 CORRECTION_COLUMNS = (
     "item_id", "task_id", "annotation_id", "annotator", "created_at", "updated_at", "lead_time", "source",
@@ -72,6 +73,7 @@ class ReceiptRow:
     model_version: str
     pushed_digest: str = ""
     status: str = "active"
+    server_version: str = ""
 
 
 @dataclass(frozen=True)

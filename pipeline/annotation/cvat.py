@@ -299,23 +299,25 @@ def classify_items(items: Sequence[PushItem], on_server: Mapping[str, tuple[int,
 
 
 def receipt_rows(items: Sequence[PushItem], placed: Mapping[str, tuple[int, int]], project_id: int,
-                 receipt: Sequence[ReceiptRow], pushed: Mapping[str, str]) -> tuple[list[ReceiptRow], list[str]]:
+                 receipt: Sequence[ReceiptRow], pushed: Mapping[str, str], server_version: str = "",
+                 ) -> tuple[list[ReceiptRow], list[str]]:
     """The receipt after a push: one active row per item (sorted), plus ``removed`` rows for items that left the
-    dataset (their tasks are kept on the server). ``pushed``: digest of what is on the server per item."""
+    dataset (their tasks are kept on the server). ``pushed``: digest of what is on the server per item;
+    ``server_version``: the CVAT version the push talked to (recorded on the active rows)."""
     current = {it.item_id for it in items}
     rows = []
     for it in sorted(items, key=lambda i: i.item_id):
         task_id, frame = placed[it.item_id]
         rows.append(ReceiptRow(item_id=it.item_id, backend=BACKEND, project_id=str(project_id), task_id=str(task_id),
                                frame=int(frame), prediction_digest=pushed.get(it.item_id, ""),
-                               model_version=it.model_version, status="active"))
+                               model_version=it.model_version, status="active", server_version=server_version))
     removed = sorted({r.item_id for r in receipt if r.item_id not in current})
     old = {r.item_id: r for r in receipt}
     for item_id in removed:
         r = old[item_id]
         rows.append(ReceiptRow(item_id=r.item_id, backend=r.backend, project_id=r.project_id, task_id=r.task_id,
                                frame=r.frame, prediction_digest=r.prediction_digest, model_version=r.model_version,
-                               pushed_digest=r.pushed_digest, status="removed"))
+                               pushed_digest=r.pushed_digest, status="removed", server_version=r.server_version))
     rows.sort(key=lambda r: r.item_id)
     return rows, removed
 
@@ -499,7 +501,7 @@ class CvatBackend:
         if kept:
             log.warning("CVAT: %d changed pre-annotations were not sent because people already edited those frames: "
                         "%s", len(kept), ", ".join(it.item_id for it in kept[:10]))
-        rows, removed = receipt_rows(items, placed, int(project.id), receipt, pushed)
+        rows, removed = receipt_rows(items, placed, int(project.id), receipt, pushed, self.conn.server_version)
         if removed:
             log.info("CVAT: %d items left the dataset; their frames stay on the server", len(removed))
         return PushOutcome(receipt=tuple(rows), created=len(new), updated=len(replaced),

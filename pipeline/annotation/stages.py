@@ -78,12 +78,13 @@ def read_receipt(path: Path) -> list[ReceiptRow]:
     if not Path(path).is_file():
         return []
     df = io.read_parquet(path)
-    missing = set(RECEIPT_COLUMNS) - set(df.columns)
+    missing = set(RECEIPT_COLUMNS) - set(df.columns) - {"server_version"}
     if missing:
         raise UserError(f"{path}: receipt lacks columns {sorted(missing)}")
     return [ReceiptRow(item_id=str(r.item_id), backend=str(r.backend), project_id=str(r.project_id),
                        task_id=str(r.task_id), frame=int(r.frame), prediction_digest=str(r.prediction_digest),
-                       model_version=str(r.model_version), pushed_digest=str(r.pushed_digest), status=str(r.status))
+                       model_version=str(r.model_version), pushed_digest=str(r.pushed_digest), status=str(r.status),
+                       server_version=str(getattr(r, "server_version", "") or ""))
             for r in df.itertuples(index=False)]
 
 

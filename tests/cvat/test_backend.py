@@ -269,3 +269,20 @@ def test_dropping_or_failing_server_is_retried_a_bounded_number_of_times(server:
         conn.client()
     assert server.accepted == 4  # 1 try + 3 retries, no hidden retries inside the SDK
     assert ("HTTP 503" in str(info.value)) == (server.mode == "503")
+
+
+def test_server_version_is_kept_in_the_receipt_file(tmp_path: Path) -> None:
+    from pipeline.annotation.stages import read_receipt, write_receipt
+
+    a, b = _item(1, tmp_path), _item(2, tmp_path)
+    old = [ReceiptRow("00000000000000ff", "cvat", "3", "9", 4, "x", "m0", server_version="2.20.1")]
+    rows, _ = receipt_rows([a, b], {a.item_id: (5, 0), b.item_id: (5, 1)}, 3, old,
+                           {a.item_id: a.digest(), b.item_id: b.digest()}, "2.22.0")
+    assert [r.server_version for r in rows] == ["2.22.0", "2.22.0", "2.20.1"]
+    path = tmp_path / "receipt.parquet"
+    write_receipt(path, rows)
+    assert read_receipt(path) == rows
+    # a receipt written before the column existed still reads (version unknown)
+    df = io.read_parquet(path).drop(columns=["server_version"])
+    io.write_parquet(path, df)
+    assert {r.server_version for r in read_receipt(path)} == {""}

@@ -17,6 +17,7 @@ from pipeline.annotation.files import FORMATS, ReadOptions, get_format, sniff_fo
 from pipeline.annotation.formats_coco import COCO
 from pipeline.annotation.formats_cvat import CVAT_XML, Shape, iso_utc, mask_from_shapes, shapes_from_api
 from pipeline.annotation.formats_segmask import SEGMASK, parse_labelmap
+from pipeline.params import Paths
 
 ITEM = "0123456789abcdef"
 
@@ -375,3 +376,36 @@ def test_segmask_errors(tmp_path: Path, gt_masks: dict[str, np.ndarray]) -> None
 def test_formats_are_registered() -> None:
     assert get_format("cvat-xml") is CVAT_XML and get_format("coco") is COCO and get_format("cvat-segmask") is SEGMASK
     assert {"cvat-xml", "coco", "cvat-segmask"} <= set(FORMATS)
+
+
+def test_files_backend_pulls_a_folder_of_cvat_exports(tmp_path: Path, gt_masks: dict[str, np.ndarray]) -> None:
+    """The offline journey: XML, COCO and segmentation-mask exports dropped in one folder, sniffed and pulled."""
+    from pipeline.annotation.files import make_backend
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    names = sorted(gt_masks)
+    # XML: items 01..02; COCO: item 03; segmask: item 04 and a second annotation of item 01 (older task export)
+    xml_images = [_image(i, f"{ITEM[:-2]}{i:02d}.jpg", gt_masks[names[i - 1]], _xml_mask_element(gt_masks[names[i - 1]]))
+                  for i in (1, 2)]
+    (folder / "task_1_annotations.xml").write_text(_xml(xml_images), encoding="utf-8")
+    m3 = gt_masks[names[2]]
+    rle = coco_mask.encode(np.asfortranarray((m3 > 0).astype(np.uint8)))
+    coco = {"categories": [{"id": 1, "name": "foreground"}],
+            "images": [{"id": 1, "file_name": f"{ITEM[:-2]}03.jpg", "height": m3.shape[0], "width": m3.shape[1]}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 1,
+                             "segmentation": {"size": list(m3.shape), "counts": rle["counts"].decode("ascii")}}]}
+    (folder / "instances_default.json").write_text(json.dumps(coco), encoding="utf-8")
+    _write_segmask(folder / "segmask", {names[3]: gt_masks[names[3]]})
+    (folder / "notes.txt").write_text("not an export", encoding="utf-8")
+    backend = make_backend({"folder": str(folder), "labels": ["foreground"]}, Paths(manifest=tmp_path / "none.parquet"))
+    outcome = backend.pull([])
+    got = {c.item_id: c for c in outcome.corrections}
+    assert sorted(got) == [f"{ITEM[:-2]}{i:02d}" for i in (1, 2, 3)]
+    # the segmask export's only PNG is named ...01 too: item 01 has two annotations; the XML one is newer
+    # (it carries times, the segmask export none) and wins
+    for i in (1, 2, 3):
+        assert np.array_equal(got[f"{ITEM[:-2]}{i:02d}"].mask, gt_masks[names[i - 1]])
+    assert got[f"{ITEM[:-2]}01"].n_annotations == 2 and got[f"{ITEM[:-2]}02"].n_annotations == 1
+    assert got[f"{ITEM[:-2]}03"].source.endswith("instances_default.json")
+    assert outcome.problems == ()
