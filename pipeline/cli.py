@@ -40,6 +40,7 @@ RetryOption = Annotated[
 # name -> (module exposing run(params_path, retry_failed), one-line help). Keep in data-flow order.
 STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
+    "preannotate": ("pipeline.preannotate.stage", "Pre-annotate every item (grabcut, deeplabv3, sam or the trained model)."),
     "curate": ("pipeline.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
     "trimap": ("pipeline.trimap", "Trimaps: an unknown band around each curated mask (widened on textured edges)."),
     "matte": ("pipeline.matte", "Alpha mattes solved only in the trimap's unknown band, plus foreground colours."),
@@ -50,7 +51,7 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting", "pipeline.preannotate.prompt_cmd")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -155,8 +155,9 @@ def transient_reason(exc: BaseException, idempotent: bool) -> str | None:
 def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, backoff_s: float,
                  idempotent: bool = True, sleep: Callable[[float], None] = time.sleep) -> T:
     """Call ``fn``; on a transient failure retry up to ``max_retries`` times, waiting ``backoff_s * 2**k``
-    seconds; then raise a :class:`UserError` naming the server and the operation. Authentication failures
-    (HTTP 401/403) become a :class:`UserError` at once; other errors propagate unchanged."""
+    seconds; then raise a :class:`UserError` naming the server and the operation. Other HTTP errors (401/403
+    credentials, 4xx, 5xx of non-idempotent requests) become a :class:`UserError` at once; errors that are not
+    from the server (bugs, bad data) propagate unchanged."""
     from cvat_sdk.api_client.exceptions import ApiException
 
     last = ""
@@ -173,6 +174,11 @@ def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, 
                                 "(CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN) and their permissions") from exc
             reason = transient_reason(exc, idempotent)
             if reason is None:
+                if isinstance(exc, ApiException):
+                    body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+                    again = "" if idempotent else " (not repeated automatically; re-running is safe)"
+                    raise UserError(f"CVAT at {url}: {what} failed with HTTP {exc.status} {exc.reason or ''}"
+                                    f"{again}: {body[:300]}".rstrip(": ")) from exc
                 raise
             last = reason
     raise UserError(f"CVAT at {url} is unreachable: {what} failed {max_retries + 1} times ({last}); is the server "
@@ -469,7 +475,12 @@ class CvatBackend:
                     spec=spec, resources=files,
                     data_params={"image_quality": self.params.image_quality, "sorting_method": "lexicographical"})
             except Exception as exc:
+                from cvat_sdk.api_client.exceptions import ApiException
+                from cvat_sdk.core.exceptions import CvatSdkException
+
                 reason = transient_reason(exc, idempotent=True)
+                if reason is None and isinstance(exc, ApiException | CvatSdkException):
+                    reason = str(exc).strip().replace("\n", " ")[:300]
                 if reason is None:
                     raise
                 raise UserError(f"CVAT at {self.conn.url}: creating task {name!r} failed ({reason}); re-run the "

@@ -180,9 +180,15 @@ def test_with_retries_does_not_retry_what_it_must_not() -> None:
         calls.append(1)
         raise ApiException(status=400, reason="bad")
 
-    with pytest.raises(ApiException):
+    with pytest.raises(UserError, match="CVAT at u: t failed with HTTP 400 bad"):
         with_retries(bad_request, "t", url="u", max_retries=3, backoff_s=0, sleep=lambda s: None)
     assert len(calls) == 1
+
+    def bug() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        with_retries(bug, "t", url="u", max_retries=3, backoff_s=0, sleep=lambda s: None)
 
     def denied() -> None:
         raise ApiException(status=401, reason="no")
@@ -195,7 +201,7 @@ def test_with_retries_does_not_retry_what_it_must_not() -> None:
         raise ApiException(status=500, reason="oops")
 
     calls.clear()
-    with pytest.raises(ApiException):  # a POST that failed on the server is not blindly repeated
+    with pytest.raises(UserError, match="not repeated automatically"):  # a failed POST is not blindly repeated
         with_retries(server_error, "create", url="u", max_retries=3, backoff_s=0, idempotent=False,
                      sleep=lambda s: None)
     assert len(calls) == 1
