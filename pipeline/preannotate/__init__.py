@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.params import Paths
-    from pipeline.preannotate.base import Preannotator, PreannotateParams
+    from pipeline.preannotate.base import PreannotateParams, Preannotator
 
 PREANNOTATORS: dict[str, str] = {
     "grabcut": "pipeline.preannotate.grabcut:GrabCutPreannotator",

@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from pipeline.errors import ConfigError, UserError
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 

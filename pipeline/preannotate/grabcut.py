@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.params import Paths
+from pipeline.params import Paths, params_digest
 from pipeline.preannotate.base import (
     GrabCutParams,
     PreannotateParams,
@@ -46,7 +46,6 @@ from pipeline.preannotate.base import (
     PredictContext,
     confidence_from,
 )
-from pipeline.params import params_digest
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def border_saliency(image: np.ndarray, border_frac: float, k: int = 3, seed: int
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 10, 1.0)
     for strip in strips:
         kk = min(k, len(strip))
-        _c, _labels, centres = cv2.kmeans(strip, kk, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+        _c, _labels, centres = cv2.kmeans(strip, kk, None, criteria, 2, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
         d = np.sqrt(((flat[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)).min(axis=1)
         dists.append(d)
     stacked = np.sort(np.stack(dists, axis=1), axis=1)
@@ -143,7 +142,7 @@ def run_grabcut(image: np.ndarray, labels: np.ndarray, iterations: int) -> tuple
     fgd = np.zeros((1, 65), np.float64)
     out = labels.copy()
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    cv2.grabCut(bgr, out, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(bgr, out, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)  # type: ignore[call-overload]
     return out, bgd, fgd
 
 
@@ -174,24 +173,6 @@ def colour_posterior(image: np.ndarray, bgd: np.ndarray, fgd: np.ndarray) -> np.
     lb = _gmm_likelihood(bgd, pixels)
     post = (lf + 1e-30) / (lf + lb + 2e-30)
     return post.reshape(image.shape[:2]).astype(np.float32)
-
-
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """Grey guided filter (He, Sun, Tang): ``guide`` and ``src`` float32 ``(H, W)`` in [0, 1] -> float32."""
-    if radius <= 0:
-        return src
-    ksize = (2 * radius + 1, 2 * radius + 1)
-
-    def box(x: np.ndarray) -> np.ndarray:
-        return cv2.boxFilter(x, cv2.CV_32F, ksize, borderType=cv2.BORDER_REFLECT)
-
-    mean_i = box(guide)
-    mean_p = box(src)
-    cov_ip = box(guide * src) - mean_i * mean_p
-    var_i = box(guide * guide) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    return box(a) * guide + box(b)
 
 
 def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +221,7 @@ def upsample_refine(soft_small: np.ndarray, image: np.ndarray, params: GrabCutPa
     if (mh, mw) != (h, w):
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
         b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-    out = cv2.multiply(a, grey)
+    out: np.ndarray = np.multiply(a, grey, dtype=np.float32)
     out += b
     return np.clip(out, 0.0, 1.0, out=out)
 
