@@ -196,9 +196,10 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     paths: Paths = load_paths(params_path)
     params = load_section(params_path, "trimap", TrimapParams)
     runner = load_runner(params_path)
+    included = included_items(paths.curated)
     images = {i.item_id: i for i in ok_items(paths.manifest)}
     works = []
-    for item_id in included_items(paths.curated):
+    for item_id in included:
         if item_id not in images:
             log.warning("trimap: curated item %s is not an ok item of the manifest; skipped", item_id)
             continue
