@@ -133,7 +133,9 @@ def process(work: WorkItem, cfg: CurateConfig, _resource: Any) -> ItemResult:
             log.warning("item %s: pre-annotation unreadable, disagreement not measured: %s", work.key, exc)
     findings: tuple[Finding, ...]
     dis = None
-    if grey is None:
+    if not source:
+        findings = ()  # nothing to check yet: the item waits for (pre-)annotation
+    elif grey is None:
         findings = (check_readable(error),)
     else:
         rep = run_checks(grey, cfg.qa, image=image, pre=pre)
@@ -150,7 +152,9 @@ def process(work: WorkItem, cfg: CurateConfig, _resource: Any) -> ItemResult:
     included, reason = True, ""
     fixes: list[str] = []
     out_mask: np.ndarray | None = None
-    if blocking:
+    if grey is None and not blocking:
+        included, reason = False, error
+    elif blocking:
         included, reason = False, f"{blocking[0].check}: {blocking[0].detail}"
     elif kind == "reject" and valid:
         who = f" {valid['reviewer']}" if valid["reviewer"] else ""

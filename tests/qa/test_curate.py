@@ -189,6 +189,7 @@ def test_include_unverified_and_cli(proj: dict[str, object]) -> None:
     # the copy has no mask at all: excluded, not queued for review
     assert not c.loc[new_id, "included"] and new_id not in set(q.item_id)
     assert "neither a human correction nor a pre-annotation" in c.loc[new_id, "excluded_reason"]
+    assert set(r.check[r.item_id == new_id]) == {"near_duplicate"}  # no mask: nothing else to check yet
 
 
 def test_bad_params_and_decisions(proj: dict[str, object]) -> None:
@@ -212,3 +213,27 @@ def test_bad_params_and_decisions(proj: dict[str, object]) -> None:
     io.write_parquet(Path("data/corrections/corrections.parquet"), pd.DataFrame({"id": [k[0]]}))
     with pytest.raises(ConfigError, match="lacks the item_id column"):
         curate.run(Path("params.yaml"))
+
+
+def test_mask_formats_and_empty_accept(proj: dict[str, object]) -> None:
+    ids: dict[str, np.ndarray] = proj["ids"]  # type: ignore[assignment]
+    k = list(ids)
+    # k0: a 16-bit correction (0/65535) is read as the same binary mask
+    write_correction(k[0], io.encode_png(ids[k[0]].astype(np.uint16) * 257))
+    # k1: an empty correction is excluded until a reviewer accepts it
+    d1 = write_correction(k[1], np.zeros_like(ids[k[1]]))
+    # k2: not a PNG at all
+    write_correction(k[2], b"this is not an image")
+    write_corrections_table(k[:3])
+    curate.run(Path("params.yaml"))
+    c, _r, q, _m = tables()
+    assert c.loc[k[0], "included"] and c.loc[k[0], "fixes"] == ""
+    assert np.array_equal(io.read_mask(Path("data/curated/masks") / f"{k[0]}.png"), ids[k[0]])
+    assert not c.loc[k[1], "included"] and c.loc[k[1], "excluded_reason"].startswith("empty:")
+    assert q[q.item_id == k[1]].iloc[0].max_severity == "error"
+    assert not c.loc[k[2], "included"] and "not a decodable image" in c.loc[k[2], "excluded_reason"]
+    write_decisions([{"item_id": k[1], "decision": "accept", "mask_digest": d1}])
+    curate.run(Path("params.yaml"))
+    c, _r, q, _m = tables()
+    assert c.loc[k[1], "included"] and k[1] not in set(q.item_id)
+    assert not io.read_mask(Path("data/curated/masks") / f"{k[1]}.png").any()
