@@ -224,7 +224,9 @@ class CvatConnection:
         client = Client(self.url, config=Config(verify_ssl=self.params.verify_ssl), check_server_version=False)
         conf = client.api_client.configuration
         conf.retries = urllib3.util.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
-        client.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = conf.retries
+        pool_kw = client.api_client.rest_client.pool_manager.connection_pool_kw
+        pool_kw["retries"] = conf.retries  # retries are ours (bounded, logged); the SDK's would hide failures
+        pool_kw["timeout"] = urllib3.util.Timeout(connect=self.params.timeout_s, read=self.params.timeout_s)
         self.server_version = self.retry("version check (GET /api/server/about)", lambda: self._about(client))
         minimum = _parse_version(self.params.min_server_version, "min_server_version")
         found = _parse_version(self.server_version, "server version")
@@ -326,6 +328,28 @@ def receipt_rows(items: Sequence[PushItem], placed: Mapping[str, tuple[int, int]
                                pushed_digest=r.pushed_digest, status="removed", server_version=r.server_version))
     rows.sort(key=lambda r: r.item_id)
     return rows, removed
+
+
+def plan_replacement(items: Sequence[PushItem], placed: Mapping[str, tuple[int, int]],
+                     shapes: Sequence[tuple[int, int, str]]) -> tuple[list[PushItem], list[PushItem], list[int]]:
+    """Which changed items of one task get new shapes. ``shapes``: ``(shape_id, frame, source)`` of every shape
+    in the task. A frame whose shapes are all ``auto`` (or that has none) is replaced: its shape ids are
+    returned as stale; a frame with any other source was edited by a person and is kept.
+    Returns (to replace, kept, stale shape ids)."""
+    on_frame: dict[int, list[tuple[int, str]]] = {}
+    for shape_id, frame, source in shapes:
+        on_frame.setdefault(frame, []).append((shape_id, source))
+    todo: list[PushItem] = []
+    kept: list[PushItem] = []
+    stale: list[int] = []
+    for it in sorted(items, key=lambda i: i.item_id):
+        old = on_frame.get(placed[it.item_id][1], [])
+        if any(source != AUTO_SOURCE for _, source in old):
+            kept.append(it)
+            continue
+        todo.append(it)
+        stale.extend(shape_id for shape_id, _ in old)
+    return todo, kept, sorted(stale)
 
 
 def shape_points(mask: np.ndarray, shape_type: str) -> list[list[float]]:
@@ -530,19 +554,9 @@ class CvatBackend:
         for task_id in sorted(by_task):
             task = tasks[task_id]
             anns = self.conn.retry(f"annotations of task {task_id}", task.get_annotations)
-            shapes_on: dict[int, list[Any]] = {}
-            for s in anns.shapes:
-                shapes_on.setdefault(int(s.frame), []).append(s)
-            todo: list[PushItem] = []
-            stale: list[int] = []
-            for it in by_task[task_id]:
-                frame = placed[it.item_id][1]
-                old = shapes_on.get(frame, [])
-                if any(_str(s.source) != AUTO_SOURCE for s in old):
-                    kept.append(it)
-                    continue
-                todo.append(it)
-                stale.extend(int(s.id) for s in old)
+            shapes = [(int(s.id), int(s.frame), _str(s.source)) for s in anns.shapes]
+            todo, keep, stale = plan_replacement(by_task[task_id], placed, shapes)
+            kept.extend(keep)
             if stale:
                 self.conn.retry(f"removal of {len(stale)} old shapes in task {task_id}",
                                 functools.partial(task.remove_annotations, ids=stale))

@@ -24,6 +24,7 @@ from pipeline.annotation.cvat import (
     frame_file_name,
     frames_by_item,
     make_backend,
+    plan_replacement,
     receipt_rows,
     shape_points,
     task_chunks,
@@ -211,7 +212,8 @@ def test_with_retries_does_not_retry_what_it_must_not() -> None:
 
 
 class _Server:
-    """A local TCP server: ``mode`` ``drop`` closes every connection at once, ``503`` answers HTTP 503."""
+    """A local TCP server: ``mode`` ``drop`` closes every connection at once, ``503`` answers HTTP 503,
+    ``hang`` reads the request and never answers."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -233,6 +235,12 @@ class _Server:
                 continue
             self.accepted += 1
             with conn:
+                if self.mode == "hang":
+                    with contextlib.suppress(OSError):
+                        conn.settimeout(3)
+                        conn.recv(65536)
+                        conn.recv(65536)  # waits until the client gives up and closes
+                    continue
                 if self.mode == "503":
                     conn.settimeout(2)
                     with contextlib.suppress(OSError):
@@ -252,8 +260,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[_Server]:
     s.close()
 
 
-def _connection(url: str, retries: int = 2) -> CvatConnection:
-    params = CvatParams(url=url, url_env="", max_retries=retries, backoff_s=0.01, timeout_s=5)
+def _connection(url: str, retries: int = 2, timeout_s: float = 5) -> CvatConnection:
+    params = CvatParams(url=url, url_env="", max_retries=retries, backoff_s=0.01, timeout_s=timeout_s)
     return CvatConnection(params, "alice", "pw")
 
 
@@ -292,3 +300,25 @@ def test_server_version_is_kept_in_the_receipt_file(tmp_path: Path) -> None:
     df = io.read_parquet(path).drop(columns=["server_version"])
     io.write_parquet(path, df)
     assert {r.server_version for r in read_receipt(path)} == {""}
+
+
+@pytest.mark.parametrize("server", ["hang"], indirect=True)
+def test_a_server_that_never_answers_times_out_and_is_retried(server: _Server) -> None:
+    conn = _connection(f"http://127.0.0.1:{server.port}", retries=1, timeout_s=0.3)
+    with pytest.raises(UserError, match=r"failed 2 times \(ReadTimeoutError\)"):
+        conn.client()
+    assert server.accepted == 2
+
+
+def test_plan_replacement_keeps_frames_people_edited(tmp_path: Path) -> None:
+    a, b, c = (_item(i, tmp_path) for i in range(3))
+    placed = {a.item_id: (7, 0), b.item_id: (7, 1), c.item_id: (7, 2)}
+    shapes = [(10, 0, "auto"), (11, 0, "auto"),      # frame 0: only our shapes -> replaced
+              (12, 1, "auto"), (13, 1, "manual"),    # frame 1: a person drew on it -> kept
+              (14, 3, "auto")]                       # frame 3: not a changed item -> untouched
+    todo, kept, stale = plan_replacement([c, b, a], placed, shapes)
+    assert [it.item_id for it in todo] == [a.item_id, c.item_id]  # frame 2 has no shape: just add
+    assert [it.item_id for it in kept] == [b.item_id]
+    assert stale == [10, 11]
+    _, kept2, _ = plan_replacement([a], placed, [(20, 0, "semi-auto")])  # a person edited our auto shape
+    assert kept2 == [a]
