@@ -183,6 +183,31 @@ def fit(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def fit_box(image: np.ndarray, max_width: int, max_height: int, max_upscale: float = 3.0) -> np.ndarray:
+    """``image`` scaled (up to ``max_upscale`` x, or down) to the largest size inside ``max_width`` x
+    ``max_height`` keeping its aspect ratio: area interpolation down, linear up."""
+    if max_width <= 0 or max_height <= 0 or max_upscale <= 0:
+        raise ValueError(f"fit_box needs positive limits, got {max_width}x{max_height} up to {max_upscale}x")
+    h, w = image.shape[:2]
+    scale = min(max_width / w, max_height / h, max_upscale)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image.copy()
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def letterbox(image: np.ndarray, width: int, height: int, value: int = 245) -> np.ndarray:
+    """``image`` fitted inside ``width`` x ``height`` (see :func:`fit_box`) and centred on a ``value`` grey
+    canvas of exactly that size, so thumbnails of any aspect ratio line up in a grid."""
+    _check_image(image)
+    fitted = fit_box(image, width, height)
+    canvas = np.full((height, width, 3), value, np.uint8)
+    y0 = (height - fitted.shape[0]) // 2
+    x0 = (width - fitted.shape[1]) // 2
+    canvas[y0 : y0 + fitted.shape[0], x0 : x0 + fitted.shape[1]] = fitted
+    return canvas
+
+
 def side_by_side(images: Sequence[np.ndarray], height: int | None = None, gap: int = 8,
                  gap_value: int = 255) -> np.ndarray:
     """RGB images (planes are converted to grey RGB) scaled to one ``height`` (default: the smallest) and

@@ -26,8 +26,8 @@ log = logging.getLogger("dashboards.review")
 
 PAGES = ("Queue", "Item", "Overview")
 PAGE_SIZES = (12, 24, 48, 96)
-THUMB_SIDE = 240
-VIEW_SIDE = 1100
+THUMB_W, THUMB_H = 320, 220
+VIEW_W, VIEW_H = 860, 600  # the item view's picture box (px)
 REJECT_REASONS = (
     "",
     "mask misses part of the object",
@@ -164,17 +164,16 @@ def _thumb(cache: render.ThumbnailCache, row: Any, files: data.ItemFiles) -> byt
     mask_path = files.main_mask()
 
     def make() -> np.ndarray:
-        img = render.fit(_rgb(Path(row.image_path)), THUMB_SIDE)
-        if mask_path is None:
-            return img
-        m = io.read_gray(mask_path)
-        import cv2
+        img = render.fit_box(_rgb(Path(row.image_path)), THUMB_W, THUMB_H, max_upscale=1.0)
+        if mask_path is not None:
+            import cv2
 
-        m = cv2.resize(m, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
-        return render.overlay(img, m, opacity=0.4)
+            m = cv2.resize(io.read_gray(mask_path), (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
+            img = render.overlay(img, m, opacity=0.4)
+        return render.letterbox(img, THUMB_W, THUMB_H)
 
     try:
-        return cache.get([Path(row.image_path), mask_path], f"thumb{THUMB_SIDE}", make)
+        return cache.get([Path(row.image_path), mask_path], f"thumb{THUMB_W}x{THUMB_H}", make)
     except (OSError, ValueError) as exc:
         log.warning("item %s: no thumbnail: %s", row.item_id, exc)
         return None
@@ -316,7 +315,7 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
         st.error(f"Cannot read the image of {item_id}: {exc}")
         return
     shape = image.shape[:2]
-    view = render.fit(image, VIEW_SIDE)
+    view = render.fit_box(image, VIEW_W, VIEW_H)
     vshape = view.shape[:2]
 
     def small(plane: np.ndarray | None) -> np.ndarray | None:
@@ -335,18 +334,17 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
         with tabs[0]:
             opacity = st.slider("Mask opacity", 0.0, 1.0, 0.45, 0.05, key="opacity")
             if main_mask is None:
-                st.image(view, width="stretch", caption="no mask for this item yet")
+                st.image(view, caption="no mask for this item yet")
             else:
                 which = "correction" if files.correction else ("curated" if files.curated else "pre-annotation")
-                st.image(render.overlay(view, main_mask, opacity=opacity), width="stretch",
-                         caption=f"{which} mask")
+                st.image(render.overlay(view, main_mask, opacity=opacity), caption=f"{which} mask")
         with tabs[1]:
             if pre is None or corr is None:
                 st.info("The difference view needs both a pre-annotation and a human correction "
                         f"({'pre-annotation' if pre is None else 'correction'} missing).")
             else:
                 stats = render.diff_stats(pre, corr)
-                st.image(render.diff_overlay(view, pre, corr), width="stretch")
+                st.image(render.diff_overlay(view, pre, corr))
                 st.markdown(
                     "<div class='ml-legend ml-muted'>"
                     f"<span style='background:rgb{render.ADDED_COLOUR}'></span>added by the annotator"
@@ -373,14 +371,18 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
             else:
                 mats[1].caption("no alpha matte yet")
             if files.composite is not None:
-                st.image(str(files.composite), caption=f"synthetic composite ({files.composite.name})", width="stretch")
+                try:
+                    comp = render.fit_box(_rgb(files.composite), VIEW_W, VIEW_H // 2)
+                    st.image(comp, caption=f"synthetic composite ({files.composite.name})")
+                except (OSError, ValueError) as exc:
+                    st.warning(f"{files.composite}: cannot read ({exc})")
     with right:
         st.markdown("#### QA findings")
         f = data.findings(project, item_id)
         if f.empty:
             st.caption("No QA findings recorded for this item.")
         else:
-            st.dataframe(f, hide_index=True, width="stretch",
+            st.dataframe(f, hide_index=True, width="stretch", height=min(36 * (len(f) + 1) + 3, 290),
                          column_config={"passed": st.column_config.CheckboxColumn("passed")})
         st.markdown("#### Item")
         cur = data.curated_row(project, item_id)

@@ -98,6 +98,7 @@ def streamlit_command(host: str, port: int, browser: bool) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--theme.base", "light",
+        "--client.toolbarMode", "viewer",
     ]
 
 

@@ -108,8 +108,8 @@ def test_review_serves_on_loopback_by_default(tmp_path: Path) -> None:
         assert body == b"ok"
         # bound to 127.0.0.1 only: the listening socket's address is loopback
         out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
-        if out.strip():
-            assert "127.0.0.1:" in out and "0.0.0.0:" not in out and "*:" not in out
+        local = {line.split()[3] for line in out.splitlines() if line.strip()}
+        assert local == {f"127.0.0.1:{port}"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
