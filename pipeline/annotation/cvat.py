@@ -188,6 +188,20 @@ def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, 
 # --------------------------------------------------------------------------- connection
 
 
+def check_server_version(version: str, minimum: str, url: str) -> bool:
+    """Refuse (:class:`UserError`) a server older than ``minimum`` or with an unreadable version; returns whether
+    cvat-sdk lists the server among its supported versions (same major.minor as the SDK or the next one)."""
+    from cvat_sdk.core.client import Client
+
+    try:
+        found = _parse_version(version, "server version")
+    except ValueError as exc:
+        raise UserError(f"CVAT at {url} reports version {version!r}, which is not a version number") from exc
+    if found < _parse_version(minimum, "min_server_version"):
+        raise UserError(f"CVAT at {url} runs version {version}; maskloop needs {minimum} or newer")
+    return any(found.release[:2] == v.release[:2] for v in Client.SUPPORTED_SERVER_VERSIONS)
+
+
 class CvatConnection:
     """A logged-in cvat-sdk client with bounded retries. Nothing connects until :meth:`client` is used."""
 
@@ -228,14 +242,9 @@ class CvatConnection:
         pool_kw["retries"] = conf.retries  # retries are ours (bounded, logged); the SDK's would hide failures
         pool_kw["timeout"] = urllib3.util.Timeout(connect=self.params.timeout_s, read=self.params.timeout_s)
         self.server_version = self.retry("version check (GET /api/server/about)", lambda: self._about(client))
-        minimum = _parse_version(self.params.min_server_version, "min_server_version")
-        found = _parse_version(self.server_version, "server version")
-        if found < minimum:
-            raise UserError(f"CVAT at {self.url} runs version {self.server_version}; maskloop needs "
-                            f"{self.params.min_server_version} or newer")
-        if not any(client._is_version_compatible(found, v) for v in Client.SUPPORTED_SERVER_VERSIONS):
-            log.info("CVAT server %s is outside cvat-sdk's tested range; using the version-independent calls",
-                     self.server_version)
+        if not check_server_version(self.server_version, self.params.min_server_version, self.url):
+            log.info("CVAT server %s is outside cvat-sdk's tested range (%s); its own version check is skipped",
+                     self.server_version, ", ".join(str(v) for v in Client.SUPPORTED_SERVER_VERSIONS))
         creds = AccessTokenCredentials(self._token) if self._token else PasswordCredentials(self._username,
                                                                                             self._password)
         self.retry("login", lambda: client.login(creds))

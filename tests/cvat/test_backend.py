@@ -322,3 +322,15 @@ def test_plan_replacement_keeps_frames_people_edited(tmp_path: Path) -> None:
     assert stale == [10, 11]
     _, kept2, _ = plan_replacement([a], placed, [(20, 0, "semi-auto")])  # a person edited our auto shape
     assert kept2 == [a]
+
+
+def test_server_version_check() -> None:
+    from pipeline.annotation.cvat import check_server_version
+
+    assert check_server_version("2.80.3", "2.20", "u") is True
+    assert check_server_version("2.22.0", "2.20", "u") is False  # older than the SDK: works, SDK check skipped
+    assert check_server_version("2.20.0", "2.20", "u") is False
+    with pytest.raises(UserError, match=r"runs version 2\.11\.1; maskloop needs 2\.20 or newer"):
+        check_server_version("2.11.1", "2.20", "http://cvat")
+    with pytest.raises(UserError, match="not a version number"):
+        check_server_version("dev", "2.20", "http://cvat")

@@ -409,3 +409,42 @@ def test_files_backend_pulls_a_folder_of_cvat_exports(tmp_path: Path, gt_masks: 
     assert got[f"{ITEM[:-2]}01"].n_annotations == 2 and got[f"{ITEM[:-2]}02"].n_annotations == 1
     assert got[f"{ITEM[:-2]}03"].source.endswith("instances_default.json")
     assert outcome.problems == ()
+
+
+def test_remaining_shape_errors(tmp_path: Path) -> None:
+    from pipeline.annotation.formats_cvat import decode_mask_clipped, shape_to_mask
+
+    with pytest.raises(ValueError, match="inverted"):
+        decode_mask_clipped([1, 3, 0, -2, 0], 3, 3, "w")  # x2 < x1, outside the frame
+    with pytest.raises(ValueError, match="ellipse needs 4"):
+        shape_to_mask(Shape("ellipse", "f", (1, 2, 3)), 5, 5)
+    with pytest.raises(ValueError, match="covers no area"):
+        shape_to_mask(Shape("points", "f", (1, 2)), 5, 5)
+    for body, message in (
+        ('<box label="foreground" xtl="inf" ytl="0" xbr="1" ybr="1"/>', "not finite"),
+        ('<mask label="foreground" rle="1" left="0" top="0" width="0" height="1"/>', "box is 0x1"),
+    ):
+        path = tmp_path / "bad.xml"
+        path.write_text(_xml([f'<image id="0" name="a.jpg" width="4" height="3">{body}</image>']), encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            list(CVAT_XML.read(path, ReadOptions()))
+
+
+def test_remaining_coco_and_segmask_errors(tmp_path: Path, gt_masks: dict[str, np.ndarray]) -> None:
+    for seg, message in (({"size": [2, 2]}, "needs 'size'"), ({"size": [2, 2], "counts": 5}, "list or a string")):
+        doc = {"categories": [{"id": 1, "name": "foreground"}],
+               "images": [{"id": 1, "file_name": "a.jpg", "height": 2, "width": 2}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg}]}
+        path = tmp_path / "instances.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        with pytest.raises(ValueError, match=message):
+            list(COCO.read(path, ReadOptions()))
+    root = tmp_path / "seg"
+    root.mkdir()
+    (root / "labelmap.txt").write_text("background:0,0,0::\nforeground:1,2,3::\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no SegmentationClass/ folder"):
+        list(SEGMASK.read(root, ReadOptions()))
+    (root / "SegmentationClass").mkdir()
+    cv2.imwrite(str(root / "SegmentationClass" / "deep.png"), np.zeros((3, 3, 3), np.uint16))
+    with pytest.raises(ValueError, match="expected an 8-bit RGB class image"):
+        list(SEGMASK.read(root, ReadOptions()))
