@@ -51,7 +51,7 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 # Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting", "pipeline.preannotate.prompt_cmd")
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting", "pipeline.preannotate.prompt_cmd", "qa.command")
 
 
 def _setup_logging(verbose: bool) -> None:

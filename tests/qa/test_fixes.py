@@ -118,3 +118,21 @@ def test_cluster_transitive_and_errors() -> None:
         phash(np.zeros((2, 2, 2, 2), np.uint8))
     with pytest.raises(ValueError, match="empty image"):
         phash(np.zeros((0, 3), np.uint8))
+
+
+def test_qa_check_command(tmp_path: Path, ecssd: Path) -> None:
+    from tests.conftest import maskloop
+
+    # the clean ECSSD 0001 mask carries one 1-px speck: a warning, exit 0 with the default --fail-on error
+    proc = maskloop("qa-check", str(ecssd / "masks" / "0001.png"), "--image", str(ecssd / "images" / "0001.jpg"),
+                    cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert any(ln.startswith("WARNING islands") and "[fix: remove_islands]" in ln for ln in lines)
+    assert any(ln.startswith("ok      edge_alignment") for ln in lines)
+    proc = maskloop("qa-check", str(ecssd / "masks" / "0001.png"), "--fail-on", "warning", cwd=tmp_path,
+                    check=False)
+    assert proc.returncode == 1
+    proc = maskloop("qa-check", str(tmp_path / "missing.png"), cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "missing.png: cannot read file" in proc.stderr
+    proc = maskloop("qa-check", str(ecssd / "masks" / "0001.png"), "--fail-on", "fatal", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "--fail-on must be one of" in proc.stderr
