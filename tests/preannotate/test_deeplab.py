@@ -69,14 +69,14 @@ def test_errors(deeplab_voc_ckpt: Path, deeplab_binary_ckpt: Path, tiny_sam_ckpt
         load_deeplab(DeepLabParams(arch="resnet50", checkpoint=tmp_path / "none.pth"), "cpu")
     with pytest.raises(CheckpointArchitectureError, match="holds a mobilenet_v3_large backbone"):
         load_deeplab(DeepLabParams(arch="resnet50", checkpoint=deeplab_voc_ckpt), "cpu")
-    with pytest.raises(CheckpointArchitectureError, match="1 output channels.*head is voc"):
+    with pytest.raises(CheckpointArchitectureError, match=r"1 output channels.*head is voc"):
         load_deeplab(DeepLabParams(arch="mobilenet_v3_large", checkpoint=deeplab_binary_ckpt), "cpu")
     with pytest.raises(CheckpointArchitectureError, match="no DeepLabV3 backbone"):
         load_deeplab(DeepLabParams(arch="mobilenet_v3_large", checkpoint=tiny_sam_ckpt), "cpu")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(deeplab_voc_ckpt.read_bytes()[:3000])
-    with pytest.raises(CheckpointCorrupt, match="bad.pth"):
+    with pytest.raises(CheckpointCorrupt, match=r"bad\.pth"):
         load_deeplab(DeepLabParams(arch="mobilenet_v3_large", checkpoint=bad), "cpu")
     (tmp_path / "dir.pth").mkdir()
-    with pytest.raises(CheckpointMissing, match="is a folder"):
+    with pytest.raises(CheckpointMissing, match=r"is a folder"):
         load_deeplab(DeepLabParams(arch="mobilenet_v3_large", checkpoint=tmp_path / "dir.pth"), "cpu")
