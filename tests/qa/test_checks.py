@@ -3,10 +3,13 @@ against OpenCV's labelling (the reference implementation)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
+from pipeline import io
 from qa import checks
 from qa.checks import Finding, QAParams, run_checks
 from qa.components import components
@@ -331,3 +334,27 @@ def test_readable_and_max_severity() -> None:
     assert not f.passed and f.severity == "error" and "decodable" in f.detail
     assert checks.max_severity([f, checks.check_readable("")]) == "error"
     assert checks.max_severity([]) == "none"
+
+
+def test_large_real_mask_paths(ecssd: Path) -> None:
+    """Real ECSSD photo + mask upscaled 4x (the shrink paths of edge alignment, jaggedness, boundary F):
+    components equal OpenCV's, an aligned mask passes, a shifted one fails, a smooth upscale is not jagged."""
+    root = ecssd
+    img = io.read_image(root / "images" / "0003.jpg")
+    grey = io.read_gray(root / "masks" / "0003.png")
+    h, w = grey.shape
+    big_img = cv2.resize(img, (w * 4, h * 4), interpolation=cv2.INTER_LINEAR)
+    big = np.where(cv2.resize(grey, (w * 4, h * 4), interpolation=cv2.INTER_LINEAR) >= 128, 255, 0).astype(np.uint8)
+    fg = big >= 128
+    f, b = components(fg, 8, 4)
+    n_fg = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)[0] - 1
+    n_bg = cv2.connectedComponentsWithStats((~fg).astype(np.uint8), connectivity=4)[0] - 1
+    assert (f.count, b.count) == (n_fg, n_bg)
+    assert int(f.area.sum()) == int(fg.sum())
+    rep = run_checks(big, QAParams(), image=big_img, pre=big)
+    assert rep.get("edge_alignment").passed  # type: ignore[union-attr]
+    assert rep.get("jaggedness").passed  # type: ignore[union-attr]
+    assert rep.disagreement is not None and rep.disagreement.boundary_f == pytest.approx(1.0)
+    shifted = np.roll(big, (h * 4) // 12, axis=0)
+    f_shift = run_checks(shifted, QAParams(), image=big_img).get("edge_alignment")
+    assert f_shift is not None and not f_shift.passed
