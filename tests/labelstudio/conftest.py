@@ -57,7 +57,7 @@ class Server:
             "LABEL_STUDIO_LATEST_VERSION_CHECK": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
 
-    def start(self, timeout: float = 180.0) -> None:
+    def start(self, timeout: float = 300.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server writes to it until stopped
         self.proc = subprocess.Popen(
             [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(self.port),
@@ -107,6 +107,32 @@ class Server:
                                                      "page_size": 1000}).json()["tasks"]
 
 
+TEMPLATE = REPO / ".maskloop" / "labelstudio-template-1.23.2"
+
+
+def _data_template(scratch: Path) -> Path:
+    """A data dir where the first start already ran (database migrated, admin user and token created): copying
+    it makes each session's start take seconds instead of the first start's minute or more."""
+    import fcntl
+
+    TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
+    with open(TEMPLATE.parent / "labelstudio-template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (TEMPLATE / "ready").exists():
+            building = TEMPLATE.with_name(TEMPLATE.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            port = _free_port()
+            first = Server(url=f"http://127.0.0.1:{port}", port=port, data_dir=building, document_root=scratch,
+                           log_path=scratch / "first-start.log")
+            building.mkdir()
+            first.start(timeout=600)
+            first.stop()
+            (building / "ready").write_text("label-studio 1.23.2 data dir after a first start\n")
+            shutil.rmtree(TEMPLATE, ignore_errors=True)
+            building.rename(TEMPLATE)
+    return TEMPLATE
+
+
 @pytest.fixture(scope="session")
 def ls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not LS_BIN.exists():
@@ -118,8 +144,9 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     server = Server(url=f"http://127.0.0.1:{port}", port=port, data_dir=root / "data",
                     document_root=root / "docroot", log_path=root / "server.log")
-    server.data_dir.mkdir()
     server.document_root.mkdir()
+    template = _data_template(root)
+    shutil.copytree(template, server.data_dir)
     server.start()
     try:
         yield server

@@ -1,0 +1,58 @@
+"""Real Chromium logs into the real Label Studio and shows a pushed brush prediction on a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import io
+from tests.conftest import REPO
+from tests.labelstudio.conftest import EMAIL, PASSWORD, Server
+
+pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _red_pixels(png: bytes) -> int:
+    rgb = io.decode_image_bytes(png).astype(np.int16)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(np.count_nonzero((r > 150) & (r - g > 80) & (r - b > 80)))
+
+
+def test_brush_prediction_renders_in_the_labeling_editor(ls_server: Server, ls_project_factory) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip("chromium is not installed (scripts/install_system_deps.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    proj = ls_project_factory("browser-render", names=("0018", "0026"))
+    proj.run("push")
+    pid = ls_server.project(proj.title)["id"]
+    task = sorted(ls_server.tasks(pid), key=lambda t: t["id"])[0]
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{ls_server.url}/user/login/", wait_until="domcontentloaded")
+            page.fill("input[name=email]", EMAIL)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit], input[type=submit]")
+            page.wait_for_url("**/projects/**", timeout=60_000, wait_until="domcontentloaded")
+            before = None
+            page.goto(f"{ls_server.url}/projects/{pid}/data?task={task['id']}", wait_until="domcontentloaded")
+            # the editor lists the prediction's brush region with its label, and draws it on the image canvas
+            page.wait_for_selector("canvas", timeout=90_000)
+            page.get_by_text("foreground").first.wait_for(timeout=90_000)
+            page.wait_for_timeout(1500)
+            shot = page.screenshot(path=str(artifacts / "labelstudio-brush-prediction.png"), full_page=True)
+            before = _red_pixels(shot)
+        finally:
+            browser.close()
+    # the prediction covers thousands of screen pixels in the label's red (#ff0000, semi-transparent)
+    assert before is not None and before > 2000, f"only {before} red pixels; see test-artifacts/"
