@@ -435,9 +435,9 @@ class LocalExecutor:
 def make_executor(runner: RunnerParams, n_todo: int) -> Executor:
     """The executor that ``runner`` asks for (inline when one worker or at most one item is left)."""
     if runner.executor == "ray":
-        from pipeline.executors import ray as ray_executor
+        from pipeline.executors.ray import RayExecutor
 
-        return ray_executor.RayExecutor(runner)
+        return RayExecutor(runner)
     workers = min(runner.resolved_workers(), max(n_todo, 1))
     if workers <= 1:
         return InlineExecutor()
