@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_COLUMNS = (
     "item_id", "flagged", "checks", "severity", "severity_rank", "suggested_fix", "uncertainty", "model_version",
-    "annotator", "split", "source", "decision", "reviewer", "image_path", "width", "height",
+    "annotator", "split", "source", "decision", "reviewer", "image_path", "width", "height", "reason",
 )
 """Columns of the queue frame (:func:`load_queue`). ``checks`` is a sorted tuple of failed check names;
 ``severity_rank`` orders severities (higher = worse; 0 when none); ``decision`` is the latest review decision
@@ -173,6 +173,7 @@ def load_queue(project: Project, include_all: bool = False, decisions: Mapping[s
         sev_col = _first(queue, "max_severity", "severity")
         fix_col = _first(queue, "suggested_fix", "fix")
         unc_col = _first(queue, "uncertainty")
+        why_col = _first(queue, "reason")
         for rec in queue.to_dict("records"):
             sev = rec.get(sev_col, "") if sev_col else ""
             rows[str(rec["item_id"])] = {
@@ -182,6 +183,7 @@ def load_queue(project: Project, include_all: bool = False, decisions: Mapping[s
                 "severity_rank": severity_rank(sev),
                 "suggested_fix": str(rec.get(fix_col) or "") if fix_col else "",
                 "uncertainty": float(rec[unc_col]) if unc_col and rec.get(unc_col) is not None else float("nan"),
+                "reason": str(rec.get(why_col) or "") if why_col else "",
             }
     pre = read_table(project.p(paths.preannotate) / "preannotations.parquet")
     corr = read_table(project.p(paths.corrections) / "corrections.parquet")
@@ -203,7 +205,7 @@ def load_queue(project: Project, include_all: bool = False, decisions: Mapping[s
         if base is None and not include_all:
             continue
         base = base or {"flagged": False, "checks": (), "severity": "", "severity_rank": 0, "suggested_fix": "",
-                        "uncertainty": float("nan")}
+                        "uncertainty": float("nan"), "reason": ""}
         unc = base["uncertainty"]
         if np.isnan(unc):
             unc = float(uncertainty.get(iid, float("nan")))

@@ -271,7 +271,7 @@ class ThumbnailCache:
         path = self.path_for(self.key(sources, settings))
         try:
             return path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         data = io.encode_jpeg(make(), quality=self.quality)
         try:

@@ -398,14 +398,25 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
             ("fixes applied", str(cur.get("fixes", "")) or "–"),
             ("status", STATUS_LABEL[row["decision"]] + (f" by {row['reviewer']}" if row["reviewer"] else "")),
         ])
+        if row["reason"]:
+            st.info(f"Queued because: {row['reason']}")
         st.markdown("#### Decision")
         digest = data.file_digest(files.reviewed_mask)
-        fix = str(row["suggested_fix"] or "")
+        suggested = str(row["suggested_fix"] or "")
+        known = data.available_fixes()
+        choices = ([suggested] if suggested else []) + [k for k in known if k != suggested]
+        fix = ""
+        if choices:
+            fix = st.selectbox("Fix to apply", choices, key=f"fix_choice_{item_id}",
+                               format_func=lambda k: f"{k} (suggested)" if k == suggested else k) or ""
+        unknown = bool(fix) and bool(known) and fix not in known
+        if unknown:
+            st.warning(f"QA suggests fix {fix!r}, which qa.fixes does not know; choose another or reject.")
         b = st.columns(2)
         b[0].button("Accept", key="accept", type="primary", shortcut="a", width="stretch", icon=":material/check:",
                     on_click=_decide, args=(project, item_id, "accept", digest, "", next_id))
-        b[1].button(f"Apply fix: {fix}" if fix else "No fix suggested", key="apply_fix", shortcut="f",
-                    disabled=not fix, width="stretch", icon=":material/auto_fix_high:",
+        b[1].button("Apply fix" if fix else "No fix available", key="apply_fix", shortcut="f",
+                    disabled=not fix or unknown, width="stretch", icon=":material/auto_fix_high:",
                     on_click=_decide, args=(project, item_id, "fix", digest, fix, next_id))
         st.selectbox("Reject reason", REJECT_REASONS, key="reject_preset",
                      format_func=lambda r: r or "choose a common reason…")

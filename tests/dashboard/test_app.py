@@ -135,23 +135,19 @@ def test_preset_reason_accept_and_fix(synth: Any, app: Any) -> None:
     at.button(key="accept").click().run()
     assert at.session_state["item_id"] == order[2]
     fix_item = order[2]
-    fix = queue_frame(synth).set_index("item_id").loc[fix_item, "suggested_fix"]
-    apply = at.button(key="apply_fix")
-    if fix:
-        apply.click().run()
+    # the suggested fix is preselected; without a suggestion, the first fix qa.fixes offers
+    fix = queue_frame(synth).set_index("item_id").loc[fix_item, "suggested_fix"] or data.available_fixes()[0]
+    at.button(key="apply_fix").click().run()
     db = data.open_project(synth.params).review_db
     got = {d.item_id: (d.decision, d.reason, d.fix) for d in DecisionStore(db).all()}
     assert got[order[0]] == ("reject", "mask includes background", "")
     assert got[order[1]] == ("accept", "", "")
-    if fix:
-        assert got[fix_item] == ("fix", "", fix)
-    else:
-        assert apply.disabled and fix_item not in got
+    assert got[fix_item] == ("fix", "", fix)
     # the queue shows the statuses and the status filter uses them
     at.button(key="to_queue").click().run()
     assert {m.label: m.value for m in at.metric}["Rejected"] == "1"
     at.multiselect(key="f_status").set_value(["undecided"]).run()
-    assert order[0] not in open_ids(at) and order[1] not in open_ids(at)
+    assert not {order[0], order[1], order[2]} & set(open_ids(at))
     at.multiselect(key="f_status").set_value(["reject"]).run()
     assert open_ids(at) == [order[0]]
 
@@ -244,3 +240,29 @@ def test_overview_counts_effort_and_metrics_diff(synth: Any, app: Any) -> None:
     diff = at.dataframe[1].value.set_index("metric")
     assert diff.loc["qa.json:by_check.holes", "change"] == -3
     assert pd.isna(diff.loc["qa.json:new", "old"])
+
+
+def test_choose_another_fix_and_unknown_suggested_fix(synth: Any, app: Any) -> None:
+    q = queue_frame(synth)
+    with_fix = q.loc[q["suggested_fix"] != "", "item_id"].iloc[0]
+    # QA suggests a fix that qa.fixes does not know for one item, and says why another was queued
+    table = synth.root / "data/curated/review_queue.parquet"
+    rq = pd.read_parquet(table)
+    other = rq.loc[rq["item_id"] != with_fix, "item_id"].iloc[0]
+    rq.loc[rq["item_id"] == other, "suggested_fix"] = "magic_wand"
+    rq["reason"] = ""
+    rq.loc[rq["item_id"] == other, "reason"] = "decision 7 is stale (the mask changed since)"
+    from pipeline import io
+
+    io.write_parquet(table, rq)
+    at = app(synth)
+    at.button(key=f"open_{with_fix}").click().run()
+    at.selectbox(key=f"fix_choice_{with_fix}").set_value("fill_holes").run()
+    at.button(key="apply_fix").click().run()
+    [d] = DecisionStore(data.open_project(synth.params).review_db).all()
+    assert (d.item_id, d.decision, d.fix) == (with_fix, "fix", "fill_holes")
+    at.session_state["item_id"] = other
+    at.run()
+    assert any("magic_wand" in w.value for w in at.warning)
+    assert at.button(key="apply_fix").disabled
+    assert any("is stale" in i.value for i in at.info)
