@@ -89,6 +89,29 @@ def seed_from_export(db: Path, decisions: Path) -> int:
     return len(rows)
 
 
+def status_lines(paths: Paths) -> list[str]:
+    """The ``[review]`` section of ``maskloop status``: decisions recorded, and whether the export is behind."""
+    from dashboards.store import DecisionStore
+    from qa.decisions import latest_per_item, read_decisions
+
+    db, out = Path(paths.review_db), Path(paths.decisions)
+    if not db.is_file():
+        if out.is_file():
+            return [f"no review database; {len(read_decisions(out))} decision(s) in {out}"]
+        return []
+    decisions = DecisionStore(db).all()
+    latest = latest_per_item(decisions)
+    kinds = {k: sum(1 for d in latest.values() if d.decision == k) for k in ("accept", "fix", "reject")}
+    reviewers = len({d.reviewer for d in decisions})
+    lines = [f"{len(latest)} item(s) decided by {reviewers} reviewer(s): {kinds['accept']} accepted, "
+             f"{kinds['fix']} fixed, {kinds['reject']} rejected (sent back on the next push)"]
+    exported = read_decisions(out) if out.is_file() else []
+    if len(exported) != len(decisions):
+        lines.append(f"{len(decisions) - len(exported)} decision(s) not exported yet: run `dvc repro` "
+                     "(or `maskloop review-export`)")
+    return lines
+
+
 def streamlit_command(host: str, port: int, browser: bool) -> list[str]:
     """The ``streamlit run`` command line for the review app."""
     return [

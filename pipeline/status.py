@@ -22,6 +22,7 @@ STAGE_ORDER = (
 # Extra sections: (title, function(paths) -> list of lines). Stages register theirs here.
 SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = [
     ("qa", lambda paths: __import__("qa.report", fromlist=["status_lines"]).status_lines(paths)),
+    ("review", lambda paths: __import__("pipeline.review_cmd", fromlist=["status_lines"]).status_lines(paths)),
 ]
 
 

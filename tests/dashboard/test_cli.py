@@ -113,3 +113,27 @@ def test_review_serves_on_loopback_by_default(tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_status_reports_decisions_and_pending_export(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    store = DecisionStore(root / "data/review/decisions.sqlite")
+    store.record("0123456789abcdef", "reject", reviewer="ana", reason="hair cut off")
+    store.record("fedcba9876543210", "accept", reviewer="bo")
+    import os
+
+    from pipeline.params import load_paths
+    from pipeline.review_cmd import status_lines
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        lines = status_lines(load_paths(root / "params.yaml"))
+        assert lines[0] == ("2 item(s) decided by 2 reviewer(s): 1 accepted, 0 fixed, 1 rejected "
+                            "(sent back on the next push)")
+        assert "2 decision(s) not exported yet" in lines[1]
+        _maskloop("review-export", cwd=root)
+        assert len(status_lines(load_paths(root / "params.yaml"))) == 1
+    finally:
+        os.chdir(cwd)
+    assert "[review]" in _maskloop("status", cwd=root).stdout
