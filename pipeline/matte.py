@@ -53,8 +53,9 @@ class MatteParams:
     solver: Literal["cf", "knn", "lkm", "rw", "sm", "lbdm"] = "cf"
     epsilon: float = 1e-7           # closed-form regularisation (pymatting's default)
     radius: int = 1                 # closed-form window radius
-    rtol: float = 1e-7              # conjugate-gradient relative tolerance
-    maxiter: int = 10000            # conjugate-gradient iterations before "did not converge"
+    linear_solver: Literal["direct", "cg"] = "direct"  # cf: sparse LU, or incomplete Cholesky + CG
+    rtol: float = 1e-7              # conjugate-gradient relative tolerance (cg solvers)
+    maxiter: int = 10000            # conjugate-gradient iterations before "did not converge" (cg solvers)
     tile_px: int = 512              # split band regions larger than this into tiles (0 = never)
     tile_margin: int = 32           # context around each tile (pixels)
     region_margin: int = 16         # context around each region crop for the non-cf solvers
@@ -104,7 +105,7 @@ SolverFn = Callable[[np.ndarray, np.ndarray, MatteParams], np.ndarray]
 def _solve_cf(image: np.ndarray, trimap: np.ndarray, p: MatteParams) -> np.ndarray:
     return solve_band_cf(
         image, trimap, epsilon=p.epsilon, radius=p.radius, rtol=p.rtol, maxiter=p.maxiter,
-        tile_px=p.tile_px, tile_margin=p.tile_margin, threads=p.threads,
+        tile_px=p.tile_px, tile_margin=p.tile_margin, threads=p.threads, linear_solver=p.linear_solver,
     )
 
 

@@ -222,15 +222,36 @@ def band_system(
     return A, b
 
 
-def solve_spd(A: object, b: np.ndarray, rtol: float, maxiter: int, where: str) -> np.ndarray:
-    """Solve ``A x = b`` (A sparse SPD) with pymatting's incomplete Cholesky + CG; :class:`SolverError`
-    naming ``where`` when it does not converge."""
+def solve_spd(A: object, b: np.ndarray, rtol: float, maxiter: int, where: str, method: str = "direct") -> np.ndarray:
+    """Solve ``A x = b`` (A sparse symmetric positive definite).
+
+    ``method="direct"``: sparse LU (SuperLU) with a minimum-degree ordering of ``A + A^T``, exact and, on
+    band systems, 2-3x faster than the iterative path. ``method="cg"``: pymatting's thresholded incomplete
+    Cholesky + conjugate gradients (pymatting's own method) on a reverse Cuthill-McKee ordering, stopping
+    at ``rtol`` / ``maxiter``. Raises :class:`SolverError` naming ``where`` when the solve fails or does
+    not converge.
+    """
     import scipy.sparse
-    from pymatting import cg, ichol
-    from scipy.sparse.csgraph import reverse_cuthill_mckee
 
     if b.size == 0:
         return b.copy()
+    if method == "direct":
+        import scipy.sparse.linalg as sla
+
+        try:
+            lu = sla.splu(scipy.sparse.csc_matrix(A), permc_spec="MMD_AT_PLUS_A",
+                          options={"SymmetricMode": True})
+            x_direct: np.ndarray = lu.solve(b)
+        except (RuntimeError, MemoryError) as exc:
+            raise SolverError(f"{where}: sparse direct solve failed ({exc}); try matte.linear_solver: cg") from exc
+        if not np.all(np.isfinite(x_direct)):
+            raise SolverError(f"{where}: direct solver produced non-finite values (singular system)")
+        return x_direct
+    if method != "cg":
+        raise ValueError(f"unknown linear solver {method!r}; use 'direct' or 'cg'")
+    from pymatting import cg, ichol
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
     # Reverse Cuthill-McKee ordering follows the band instead of image rows: far less fill in the
     # incomplete Cholesky factor (3-4x faster factorisation and solve on 3x upscaled photos).
     perm = reverse_cuthill_mckee(scipy.sparse.csr_matrix(A), symmetric_mode=True)
@@ -313,12 +334,14 @@ def solve_band_cf(
     tile_margin: int = 32,
     threads: int = 1,
     where: str = "",
+    linear_solver: str = "direct",
 ) -> np.ndarray:
     """Closed-form alpha solved only in the trimap's unknown band.
 
     ``image``: RGB ``(H, W, 3)`` uint8 (or float in ``[0, 1]``); ``trimap``: uint8 ``(H, W)`` in
     ``{0, 128, 255}``. Returns alpha float64 ``(H, W)`` in ``[0, 1]`` (known pixels straight from the
-    trimap). ``tile_px = 0`` gives the exact band-limited solve; ``threads > 1`` solves regions
+    trimap). ``linear_solver``: ``direct`` (sparse LU) or ``cg`` (see :func:`solve_spd`).
+    ``tile_px = 0`` gives the exact band-limited solve; ``threads > 1`` solves regions
     concurrently (the numba kernels and the ichol factorisation release the GIL).
     """
     img = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)
@@ -331,7 +354,7 @@ def solve_band_cf(
         sub = img[reg.y0 : reg.y1, reg.x0 : reg.x1]
         known = alpha[reg.y0 : reg.y1, reg.x0 : reg.x1]
         A, b = band_system(sub, reg.solve_mask, known, epsilon=epsilon, radius=radius)
-        x = solve_spd(A, b, rtol, maxiter, f"{where}band region at x={reg.x0}..{reg.x1}, y={reg.y0}..{reg.y1}")
+        x = solve_spd(A, b, rtol, maxiter, method=linear_solver, where=f"{where}band region at x={reg.x0}..{reg.x1}, y={reg.y0}..{reg.y1}")
         return reg, x
 
     order = sorted(regions, key=lambda g: -g.n_unknown)  # biggest first: better load balance
