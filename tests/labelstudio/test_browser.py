@@ -43,16 +43,22 @@ def test_brush_prediction_renders_in_the_labeling_editor(ls_server: Server, ls_p
             page.fill("input[name=email]", EMAIL)
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit], input[type=submit]")
-            page.wait_for_url("**/projects/**", timeout=60_000, wait_until="domcontentloaded")
-            before = None
+            page.wait_for_url(lambda url: "/user/login" not in url, timeout=60_000, wait_until="domcontentloaded")
             page.goto(f"{ls_server.url}/projects/{pid}/data?task={task['id']}", wait_until="domcontentloaded")
-            # the editor lists the prediction's brush region with its label, and draws it on the image canvas
+            # the editor lists the prediction's brush region with its label and draws it over the image
             page.wait_for_selector("canvas", timeout=90_000)
             page.get_by_text("foreground").first.wait_for(timeout=90_000)
-            page.wait_for_timeout(1500)
-            shot = page.screenshot(path=str(artifacts / "labelstudio-brush-prediction.png"), full_page=True)
-            before = _red_pixels(shot)
+            page.wait_for_timeout(3000)
+            boxes = [b for b in (c.bounding_box() for c in page.locator("canvas").all()) if b]
+            box = max(boxes, key=lambda b: b["width"] * b["height"])
+            shot = page.screenshot(path=str(artifacts / "labelstudio-brush-prediction.png"))
         finally:
             browser.close()
-    # the prediction covers thousands of screen pixels in the label's red (#ff0000, semi-transparent)
-    assert before is not None and before > 2000, f"only {before} red pixels; see test-artifacts/"
+    x0, y0 = int(box["x"]), int(box["y"])
+    x1, y1 = x0 + int(box["width"]), y0 + int(box["height"])
+    shown = io.decode_image_bytes(shot)[y0:y1, x0:x1]
+    mask = proj.preannotation(task["data"]["item_id"])
+    expected = np.count_nonzero(mask) / mask.size * shown.shape[0] * shown.shape[1]
+    red = _red_pixels(io.encode_png(shown))
+    # the prediction is drawn in the label's red over as much of the shown image as the mask covers
+    assert 0.6 * expected < red < 1.4 * expected, f"{red} red pixels, expected about {expected:.0f}; see test-artifacts/"
