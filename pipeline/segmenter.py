@@ -174,11 +174,10 @@ def _load_backbone(model: torch.nn.Module, path: Path) -> None:
         result = backbone.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise UserError(f"{path}: backbone weights do not fit MobileNetV3-Large ({exc})") from exc
-    expected = set(backbone.state_dict())
-    loaded = expected - set(result.missing_keys)
+    loaded = set(backbone.state_dict()) & set(state)
     if not loaded:
         raise UserError(f"{path}: no MobileNetV3-Large backbone weights found in this checkpoint")
-    if result.missing_keys:
+    if loaded and result.missing_keys:
         log.warning("%s: %d backbone tensors not in the checkpoint (left random)", path, len(result.missing_keys))
     log.info("loaded %d backbone tensors from %s", len(loaded), path)
 

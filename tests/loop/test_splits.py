@@ -1,0 +1,109 @@
+"""Split logic: deterministic, leak-free over any grouping, stratified; near-duplicate clustering."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import io
+from pipeline.splits import SplitItem, assign_splits, components, dhash, near_duplicate_groups
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+@st.composite
+def groupings(draw: st.DrawFn) -> list[SplitItem]:
+    n = draw(st.integers(1, 60))
+    n_groups = draw(st.integers(1, 25))
+    items = []
+    for i in range(n):
+        groups = draw(st.lists(st.integers(0, n_groups - 1), max_size=3))
+        fg = draw(st.floats(0.0, 1.0))
+        items.append(SplitItem(f"{i:04x}", fg, tuple(f"g{g}" for g in groups)))
+    return items
+
+
+@settings(max_examples=120, deadline=None)
+@given(items=groupings(), seed=st.integers(0, 2**31), shuffle_seed=st.integers(0, 1000))
+def test_splits_are_leak_free_complete_and_order_independent(items: list[SplitItem], seed: int,
+                                                             shuffle_seed: int) -> None:
+    out = assign_splits(items, FRACTIONS, seed)
+    assert sorted(out) == sorted(i.item_id for i in items)
+    assert set(out.values()) <= set(FRACTIONS)
+    # Leak-free: any two items sharing a group key are in the same split.
+    by_group: dict[str, set[str]] = {}
+    for it in items:
+        for g in it.groups:
+            by_group.setdefault(g, set()).add(out[it.item_id])
+    assert all(len(s) == 1 for s in by_group.values()), by_group
+    # Deterministic and independent of input order.
+    shuffled = list(items)
+    random.Random(shuffle_seed).shuffle(shuffled)
+    assert assign_splits(shuffled, FRACTIONS, seed) == out
+
+
+def test_transitive_groups_are_one_component() -> None:
+    items = [SplitItem("a", 0.1, ("x",)), SplitItem("b", 0.1, ("x", "y")), SplitItem("c", 0.1, ("y",)),
+             SplitItem("d", 0.1, ())]
+    comp = components(items)
+    assert comp["a"] == comp["b"] == comp["c"] == "a"
+    assert comp["d"] == "d"
+
+
+def test_singletons_follow_fractions_and_strata() -> None:
+    # 50 small and 50 large foregrounds: every split gets its share of each stratum.
+    items = [SplitItem(f"s{i:03d}", 0.02 + i * 1e-4, ()) for i in range(50)]
+    items += [SplitItem(f"l{i:03d}", 0.8 + i * 1e-4, ()) for i in range(50)]
+    out = assign_splits(items, FRACTIONS, seed=3, n_strata=2)
+    for prefix in ("s", "l"):
+        counts = {s: sum(1 for k, v in out.items() if k.startswith(prefix) and v == s) for s in FRACTIONS}
+        assert counts == {"train": 35, "val": 8, "test": 7} or counts == {"train": 35, "val": 7, "test": 8}, counts
+    assert assign_splits(items, FRACTIONS, seed=4, n_strata=2) != out  # the seed matters
+
+
+@pytest.mark.parametrize(
+    ("fractions", "message"),
+    [({"train": 0.5, "val": 0.2}, "sum to 1"), ({"train": 1.2, "val": -0.2}, ">= 0"), ({}, "no splits")],
+)
+def test_bad_fractions(fractions: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        assign_splits([SplitItem("a", 0.5)], fractions, 0)
+
+
+def test_duplicate_ids_and_bad_fraction_rejected() -> None:
+    with pytest.raises(ValueError, match="duplicate item id 'a'"):
+        assign_splits([SplitItem("a", 0.1), SplitItem("a", 0.2)], FRACTIONS, 0)
+    with pytest.raises(ValueError, match="item z: fg_fraction"):
+        SplitItem("z", 1.5)
+    with pytest.raises(ValueError, match="n_strata"):
+        assign_splits([SplitItem("a", 0.1)], FRACTIONS, 0, n_strata=0)
+
+
+def test_dhash_links_real_near_duplicates_only(ecssd: Path) -> None:
+    paths = sorted((ecssd / "images").glob("*.jpg"))[:6]
+    images = [io.read_image(p) for p in paths]
+    h, w = images[0].shape[:2]
+    # A near-duplicate: resized and re-encoded as JPEG at low quality.
+    small = cv2.resize(images[0], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    dup = io.decode_image_bytes(io.encode_jpeg(small, quality=60))
+    hashes = {f"i{k}": dhash(im) for k, im in enumerate(images)}
+    hashes["dup"] = dhash(dup)
+    groups = near_duplicate_groups(hashes, max_distance=6)
+    assert groups["dup"] == groups["i0"] == "dup-dup"
+    assert len({groups[f"i{k}"] for k in range(1, 6)}) == 5
+    assert groups["i1"] != groups["i0"]
+    assert near_duplicate_groups(hashes, -1)["dup"] == "dup-dup"  # disabled: every item alone
+    assert near_duplicate_groups(hashes, -1)["i0"] == "dup-i0"
+
+
+def test_dhash_is_64_bit_and_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    assert dhash(img) == dhash(img.copy())
+    assert 0 <= dhash(img) < 2**64
