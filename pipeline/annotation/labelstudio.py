@@ -20,6 +20,7 @@ A rejected token gives an authentication error naming the environment variable, 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import mimetypes
 import os
@@ -48,8 +49,8 @@ class LabelStudioParams:
 
     ``token_env``: environment variable (or ``.env`` key) holding the API token. ``image_mode``: ``local``
     serves images through a Local Storage (images outside ``document_root`` are hard-linked, or copied, into
-    ``document_root/link_dir``); ``data-uri`` embeds them in the task (no shared file system needed; big
-    tasks). ``document_root`` must equal the server's ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` ("" = read
+    ``document_root/link_dir``); ``upload`` uploads them to the server (one multipart request per chunk; no
+    shared file system needed); ``data-uri`` embeds them in the task (big tasks). ``document_root`` must equal the server's ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` ("" = read
     that environment variable). ``tools``: drawing tools in the generated config (brush always; ``polygon``,
     ``rectangle`` optional, rasterised on pull). ``alpha_threshold``: brush alpha counted as foreground.
     """
@@ -59,7 +60,7 @@ class LabelStudioParams:
     project_title: str = "maskloop"
     label: str = "foreground"
     tools: tuple[str, ...] = ("brush",)
-    image_mode: Literal["local", "data-uri"] = "local"
+    image_mode: Literal["local", "upload", "data-uri"] = "local"
     document_root: str = ""
     link_dir: str = "maskloop-images"
     chunk_size: int = 100
@@ -249,8 +250,37 @@ class LabelStudioBackend:
             )
         return Path(root).resolve()
 
+    def _upload(self, project_id: int, items: Sequence[PushItem]) -> dict[str, str]:
+        """Upload the images of ``items`` (``<item_id><ext>``) without creating tasks; item_id -> served URL."""
+        refs: dict[str, str] = {}
+        for start in range(0, len(items), self.params.chunk_size):
+            chunk = items[start : start + self.params.chunk_size]
+            files: list[tuple[str, tuple[str, bytes, str]]] = []
+            for it in chunk:
+                src = Path(it.image_path)
+                mime = mimetypes.guess_type(str(src))[0] or "application/octet-stream"
+                files.append((f"file{len(files)}", (f"{it.item_id}{src.suffix.lower()}", src.read_bytes(), mime)))
+            resp = self.client.request("POST", f"/api/projects/{project_id}/import",
+                                       params={"commit_to_project": "false"}, files=files)
+            ids = [int(i) for i in resp.get("file_upload_ids") or []]
+            uploads = self.client.request("GET", f"/api/projects/{project_id}/file-uploads",
+                                          params={"ids": json.dumps(ids)}) or []
+            by_name = {}
+            for up in uploads:
+                if int(up.get("id", -1)) in ids:
+                    name = str(up["file"])
+                    by_name[Path(name).name.split("-", 1)[-1]] = "/data/" + name.lstrip("/")
+            for it in chunk:
+                key = f"{it.item_id}{Path(it.image_path).suffix.lower()}"
+                if key not in by_name:
+                    raise UserError(f"item {it.item_id}: Label Studio did not report the upload of {it.image_path}")
+                refs[it.item_id] = by_name[key]
+        return refs
+
     def _image_refs(self, project_id: int, items: Sequence[PushItem]) -> dict[str, str]:
-        """item_id -> the URL Label Studio loads the image from (creating Local Storages as needed)."""
+        """item_id -> the URL Label Studio loads the image from (creating Local Storages / uploading as needed)."""
+        if self.params.image_mode == "upload":
+            return self._upload(project_id, items)
         if self.params.image_mode == "data-uri":
             out = {}
             for it in items:
@@ -314,15 +344,17 @@ class LabelStudioBackend:
         project = self.ensure_project()
         pid = int(project["id"])
         existing: dict[str, tuple[int, str]] = {}
+        images: dict[str, str] = {}
         for task in sorted(self.tasks(pid, fields="task_only"), key=lambda t: t["id"]):
             item_id, digest = _task_row(task)
             if item_id and item_id not in existing:
                 existing[item_id] = (int(task["id"]), digest)
+                images[item_id] = str((task.get("data") or {}).get("image", ""))
         order = sorted(items, key=lambda it: (-it.uncertainty, it.item_id))
         new = [it for it in order if it.item_id not in existing]
         changed = [it for it in order if it.item_id in existing and existing[it.item_id][1] != it.digest()]
         task_ids = {k: v[0] for k, v in existing.items()}
-        refs = self._image_refs(pid, new + changed) if (new or changed) else {}
+        refs = {**images, **(self._image_refs(pid, new) if new else {})}
 
         for start in range(0, len(new), self.params.chunk_size):
             chunk = new[start : start + self.params.chunk_size]

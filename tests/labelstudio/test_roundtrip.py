@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io as _io
 import json
 import threading
@@ -228,3 +229,29 @@ def test_wrong_token_gives_a_clear_authentication_error(ls_server: Server, ls_pr
     assert "rejected the API token" in out and "LABEL_STUDIO_API_KEY" in out, out
     assert bad not in out and "Traceback" not in out
     assert not (proj.root / "data" / "annotation" / "receipt.parquet").exists()
+
+
+@pytest.mark.parametrize("mode", ["upload", "data-uri"])
+def test_images_uploaded_or_embedded_instead_of_local_storage(ls_server: Server, ls_project_factory, mode: str) -> None:
+    proj = ls_project_factory(f"images-{mode}", names=("0005", "0018"))
+    proj.params.write_text(proj.params.read_text().replace("image_mode: local", f"image_mode: {mode}", 1))
+    proj.run("push")
+    tasks = ls_server.tasks(ls_server.project(proj.title)["id"])
+    assert len(tasks) == 2
+    for task in tasks:
+        image = task["data"]["image"]
+        item = task["data"]["item_id"]
+        if mode == "upload":
+            assert image.startswith("/data/upload/") and image.endswith(f"{item}.jpg")
+            content = ls_server.api("GET", image).content
+        else:
+            assert image.startswith("data:image/jpeg;base64,")
+            content = base64.b64decode(image.split(",", 1)[1])
+        assert io.decode_image_bytes(content).shape[:2] == proj.gt[item].shape
+        assert np.array_equal(_prediction_mask(task), proj.preannotation(item))
+    if mode != "upload":
+        return
+    proj.set_preannotation(sorted(proj.gt)[0], _erode(proj.gt[sorted(proj.gt)[0]], 5))
+    proj.run("push")  # a changed prediction keeps the task's image
+    after = {t["id"]: t["data"]["image"] for t in ls_server.tasks(ls_server.project(proj.title)["id"])}
+    assert after == {t["id"]: t["data"]["image"] for t in tasks}
