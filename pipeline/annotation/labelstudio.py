@@ -53,6 +53,8 @@ class LabelStudioParams:
     shared file system needed); ``data-uri`` embeds them in the task (big tasks). ``document_root`` must equal the server's ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` ("" = read
     that environment variable). ``tools``: drawing tools in the generated config (brush always; ``polygon``,
     ``rectangle`` optional, rasterised on pull). ``alpha_threshold``: brush alpha counted as foreground.
+    ``archive_removed``: mark tasks of items no longer in the dataset with ``data.removed = true`` (filterable
+    in the Data Manager); they are never deleted.
     """
 
     url: str = "http://127.0.0.1:8080"
@@ -69,6 +71,7 @@ class LabelStudioParams:
     backoff_s: float = 0.5
     page_size: int = 500
     alpha_threshold: int = 128
+    archive_removed: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -345,11 +348,13 @@ class LabelStudioBackend:
         pid = int(project["id"])
         existing: dict[str, tuple[int, str]] = {}
         images: dict[str, str] = {}
+        task_data: dict[str, dict[str, Any]] = {}
         for task in sorted(self.tasks(pid, fields="task_only"), key=lambda t: t["id"]):
             item_id, digest = _task_row(task)
             if item_id and item_id not in existing:
                 existing[item_id] = (int(task["id"]), digest)
-                images[item_id] = str((task.get("data") or {}).get("image", ""))
+                task_data[item_id] = dict(task.get("data") or {})
+                images[item_id] = str(task_data[item_id].get("image", ""))
         order = sorted(items, key=lambda it: (-it.uncertainty, it.item_id))
         new = [it for it in order if it.item_id not in existing]
         changed = [it for it in order if it.item_id in existing and existing[it.item_id][1] != it.digest()]
@@ -408,6 +413,15 @@ class LabelStudioBackend:
             rows.append(ReceiptRow(item_id=r.item_id, backend=r.backend, project_id=r.project_id, task_id=r.task_id,
                                    frame=r.frame, prediction_digest=r.prediction_digest, model_version=r.model_version,
                                    pushed_digest=r.pushed_digest, status="removed"))
+        if self.params.archive_removed:
+            archived = 0
+            for item_id in sorted(set(existing) - set(current)):
+                if not task_data[item_id].get("removed"):
+                    self.client.request("PATCH", f"/api/tasks/{existing[item_id][0]}",
+                                        json={"data": {**task_data[item_id], "removed": True}})
+                    archived += 1
+            if archived:
+                log.info("marked %d tasks of removed items with data.removed = true", archived)
         rows.sort(key=lambda r: r.item_id)
         return PushOutcome(receipt=tuple(rows), created=len(new), updated=len(changed),
                            unchanged=len(items) - len(new) - len(changed), removed=tuple(removed),

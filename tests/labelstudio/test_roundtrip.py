@@ -16,7 +16,7 @@ import requests
 
 from pipeline import io
 from pipeline.annotation.brush import mask_to_rle, rle_to_mask
-from tests.labelstudio.conftest import NAMES, Server, _erode
+from tests.labelstudio.conftest import NAMES, TOKEN, Server, _erode
 
 pytestmark = pytest.mark.labelstudio
 
@@ -69,8 +69,8 @@ def test_push_creates_one_task_per_item_with_its_prediction(ls_server: Server, l
     assert report["unchanged"] == len(NAMES) and report["server_version"] == "1.23.2"
 
 
-def test_repush_after_three_changed_preannotations_replaces_three_predictions(ls_server: Server,
-                                                                              ls_project_factory) -> None:
+def test_repush_after_three_changed_preannotations_replaces_three_predictions(
+        ls_server: Server, ls_project_factory, monkeypatch: pytest.MonkeyPatch) -> None:
     proj = ls_project_factory("push-changed")
     proj.run("push")
     pid = ls_server.project(proj.title)["id"]
@@ -89,6 +89,25 @@ def test_repush_after_three_changed_preannotations_replaces_three_predictions(ls
         assert same == (item_id not in changed), item_id
     report = json.loads((proj.root / "reports" / "push.json").read_text())
     assert (report["created"], report["updated"], report["unchanged"]) == (0, 3, len(NAMES) - 3)
+    # an item that left the dataset is reported, its task kept (and marked when archive_removed is on)
+    from pipeline.annotation.labelstudio import make_backend
+    from pipeline.annotation.stages import build_push_items, read_receipt
+    from pipeline.params import load_paths
+
+    paths = load_paths(proj.params)
+    paths = paths.__class__(**{k: proj.root / v for k, v in paths.__dict__.items()})
+    items = build_push_items(paths)
+    settings = {"url": ls_server.url, "project_title": proj.title, "document_root": str(ls_server.document_root),
+                "archive_removed": True}
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    backend = make_backend(settings, paths)
+    gone = items[0].item_id
+    out = backend.push(items[1:], read_receipt(paths.annotation / "receipt.parquet"))
+    assert out.removed == (gone,) and out.unchanged == len(NAMES) - 1
+    assert {r.item_id: r.status for r in out.receipt}[gone] == "removed"
+    tasks = {t["data"]["item_id"]: t for t in ls_server.tasks(pid)}
+    assert len(tasks) == len(NAMES) and tasks[gone]["data"]["removed"] is True
+    assert len(tasks[gone]["predictions"]) == 1
 
 
 def test_annotations_pull_back_pixel_identical_and_exports_agree(ls_server: Server, ls_project_factory) -> None:
