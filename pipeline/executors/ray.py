@@ -88,15 +88,31 @@ def stage_modules(stage: Stage[Any]) -> list[str]:
     return sorted(set(names))
 
 
+#: Driver environment variables that workers need to behave like local pool workers (which inherit the
+#: whole environment): the numba JIT cache a stage points at, and maskloop's own settings.
+FORWARDED_ENV_PREFIXES = ("NUMBA_", "MASKLOOP_")
+
+
+def forwarded_env(environ: Any) -> dict[str, str]:
+    """The part of ``environ`` sent to Ray workers (never secrets: tokens and keys stay on the driver)."""
+    return {
+        k: v for k, v in sorted(environ.items())
+        if k.startswith(FORWARDED_ENV_PREFIXES) and not any(w in k for w in ("TOKEN", "KEY", "PASSWORD", "SECRET"))
+    }
+
+
 class StageActor:
     """One worker of the pool (wrapped by ``ray.remote`` at run time; Ray is not imported here).
 
-    ``__init__`` moves into the shared project folder and limits threads; ``stage.setup`` runs lazily
+    ``__init__`` moves into the shared project folder, takes the driver's forwarded environment
+    (:data:`FORWARDED_ENV_PREFIXES`) and limits threads; ``stage.setup`` runs lazily
     on the first item (once per actor process, cached by :func:`pipeline.runner._resource_for`), so a
     failing setup comes back as a fatal outcome exactly like on the local pool.
     """
 
-    def __init__(self, stage: Stage[Any], workdir: str, threads: int, modules: Sequence[str]) -> None:
+    def __init__(
+        self, stage: Stage[Any], workdir: str, threads: int, modules: Sequence[str], env: dict[str, str]
+    ) -> None:
         from pipeline.runner import _limit_threads
 
         if not os.path.isdir(workdir):
@@ -105,6 +121,7 @@ class StageActor:
                 f"storage at the same path on every node, or set {WORKDIR_ENV}"
             )
         os.chdir(workdir)
+        os.environ.update(env)
         _limit_threads(threads)
         self.stage = stage
         self.digest = code_digest(modules)
@@ -252,6 +269,7 @@ class RayExecutor:
         modules = stage_modules(stage)
         expected = code_digest(modules)
         threads = max(1, int(rp.num_cpus_per_task))
+        env = forwarded_env(os.environ)
         actor_cls = ray.remote(StageActor).options(
             num_cpus=rp.num_cpus_per_task,
             num_gpus=num_gpus,
@@ -261,7 +279,7 @@ class RayExecutor:
         stage_ref = ray.put(stage)
 
         def start(index: int) -> _Slot:
-            return _Slot(index, actor_cls.remote(stage_ref, workdir, threads, modules))
+            return _Slot(index, actor_cls.remote(stage_ref, workdir, threads, modules, env))
 
         log.info(
             "%s: %d items on %d Ray workers (%g CPU, %g GPU each, %d retries)",

@@ -212,3 +212,9 @@ def test_project_folder_missing_on_workers_is_a_config_error(
 def test_unreachable_cluster_is_a_config_error(tmp_path: Path, images: list[Path]) -> None:
     with pytest.raises(ConfigError, match=r"cannot reach a Ray cluster at runner.ray.address='127.0.0.1:1'"):
         _run(tmp_path, images[:2], _ray_runner("127.0.0.1:1"))
+
+
+def test_forwarded_env_keeps_numba_and_maskloop_settings_but_no_secrets() -> None:
+    env = {"NUMBA_CACHE_DIR": "/c", "MASKLOOP_RAY_WORKDIR": "/w", "MASKLOOP_API_TOKEN": "t",
+           "LABEL_STUDIO_API_KEY": "k", "PATH": "/bin"}
+    assert rayex.forwarded_env(env) == {"MASKLOOP_RAY_WORKDIR": "/w", "NUMBA_CACHE_DIR": "/c"}
