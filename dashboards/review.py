@@ -41,7 +41,7 @@ STATUS_COLOUR = {"": "gray", "accept": "green", "reject": "red", "fix": "blue"}
 
 CSS = """
 <style>
-.block-container {padding-top: 2.2rem; padding-bottom: 2rem; max-width: 1500px;}
+.block-container {padding-top: 3.2rem; padding-bottom: 2rem; max-width: 1500px;}
 div[data-testid="stMetricValue"] {font-size: 1.6rem;}
 .ml-card-title {font-family: ui-monospace, monospace; font-size: 0.82rem; font-weight: 600; margin: 0.2rem 0 0 0;}
 .ml-muted {color: #6b7280; font-size: 0.8rem;}
@@ -297,7 +297,7 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
     prev_id = ids[pos - 1] if pos > 0 else ""
     next_id = ids[pos + 1] if 0 <= pos < len(ids) - 1 else ""
 
-    head = st.columns([6, 1, 1, 1])
+    head = st.columns([6, 1, 1, 1], vertical_alignment="center")
     head[0].markdown(f"## Item `{item_id}`")
     head[1].button("◀ Prev", key="item_prev", shortcut="k", disabled=not prev_id, on_click=_open_item,
                    args=(prev_id,), width="stretch")
@@ -337,6 +337,8 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
                 st.image(view, caption="no mask for this item yet")
             else:
                 which = "correction" if files.correction else ("curated" if files.curated else "pre-annotation")
+                if which == "curated" and files.preannotation:
+                    which = "curated (pre-annotation after safe fixes)"
                 st.image(render.overlay(view, main_mask, opacity=opacity), caption=f"{which} mask")
         with tabs[1]:
             if pre is None or corr is None:
