@@ -27,21 +27,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
+import numpy as np
+import pandas as pd
+import yaml
 
-from benchmarks._common import REPO, finish, shared_data  # noqa: E402
+from benchmarks._common import REPO, finish, shared_data
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-holdout", type=int, default=50, help="held-out items (round 1 pre-annotates these)")
     ap.add_argument("--n-items", type=int, default=200, help="ECSSD photos used (sorted)")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--resolution", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--resolution", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the project in this folder")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -56,7 +57,8 @@ def main() -> None:
     params["runner"] = {**params.get("runner", {}), "workers": 1, "progress": False}  # torch is loaded: no fork
     params["export"] = {**params.get("export", {}), "splits": {"train": 0.85, "val": 0.15, "test": 0.0}}
     params["train"] = {**params.get("train", {}), "resolution": args.resolution, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 1, "device": "cpu"}
+                       "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 1, "device": "cpu",
+                       "threads": args.threads}
     params.setdefault("preannotate", {})["model"] = "grabcut"
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params_path = Path("params.yaml")
@@ -83,7 +85,7 @@ def main() -> None:
 
     # ---- round 0: grabcut on every item (registry), recorded like the preannotate stage does.
     from pipeline.preannotate import build_preannotator
-    from pipeline.preannotate.base import PredictContext, PreannotateParams
+    from pipeline.preannotate.base import PreannotateParams, PredictContext
 
     t0 = time.perf_counter()
     pparams = PreannotateParams(model="grabcut")
