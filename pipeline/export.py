@@ -357,6 +357,7 @@ def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence
         "| | count |",
         "|---|---|",
         f"| items (source photos) | {summary['items']} |",
+        f"| items verified by a human | {summary['verified']} |",
         f"| composites | {summary['composites']} |",
     ]
     for folder in FOLDERS:
@@ -501,10 +502,17 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
     io.write_parquet(root / "splits.parquet", splits)
     files = Counter(f for r in records.values() for f in r["folders"])
     comp_sizes = Counter(splits["component"])
+    cur = inputs.curated
+    verified_ids = set(str(i) for i in cur.loc[cur["verified"].astype(bool), "item_id"])
+    n_verified = sum(1 for k in item_records if k in verified_ids)
+    if n_verified < len(item_records):
+        log.warning("export: %d of %d exported items are NOT verified by a human (export.require_verified: false)",
+                    len(item_records) - n_verified, len(item_records))
     summary: dict[str, Any] = {
         "version": version,
         "items": len(item_records),
         "composites": len(records) - len(item_records),
+        "verified": n_verified,
         "files": {f: int(files.get(f, 0)) for f in FOLDERS},
         "splits": {
             s: {
