@@ -53,7 +53,7 @@ class MatteParams:
     solver: Literal["cf", "knn", "lkm", "rw", "sm", "lbdm"] = "cf"
     epsilon: float = 1e-7           # closed-form regularisation (pymatting's default)
     radius: int = 1                 # closed-form window radius
-    linear_solver: Literal["direct", "cg"] = "direct"  # cf: sparse LU, or incomplete Cholesky + CG
+    linear_solver: Literal["auto", "direct", "cg"] = "auto"  # cf: sparse LU / incomplete Cholesky + CG
     rtol: float = 1e-7              # conjugate-gradient relative tolerance (cg solvers)
     maxiter: int = 10000            # conjugate-gradient iterations before "did not converge" (cg solvers)
     tile_px: int = 512              # split band regions larger than this into tiles (0 = never)
@@ -209,6 +209,17 @@ def process(work: WorkItem, params: MatteParams, _resource: Any) -> ItemResult:
         record={"item_id": work.key, "solver": params.solver,
                 "unknown_px": int(np.count_nonzero(trimap == UNKNOWN)), "regions": result.regions},
     )
+
+
+def status_lines(paths: Paths) -> list[str]:
+    """``maskloop status`` section: trimaps, mattes and composites written so far."""
+    lines = []
+    for label, table in (("trimaps", Path(paths.trimap) / "trimaps.parquet"),
+                         ("alpha mattes", Path(paths.matte) / "matte.parquet"),
+                         ("composites", Path(paths.composite) / "lineage.parquet")):
+        if table.is_file():
+            lines.append(f"{len(io.read_parquet(table)):>7} {label}")
+    return lines
 
 
 def numba_cache_dir(paths: Paths) -> Path:
