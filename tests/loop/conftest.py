@@ -15,7 +15,7 @@ from tests.conftest import REPO, copy_ecssd
 
 LOOP_PARAMS = {
     "runner": {"executor": "local", "workers": 1, "max_failure_fraction": 0.1, "progress": False},
-    "export": {"seed": 0, "near_duplicate_max_distance": 6},
+    "export": {"seed": 0, "near_duplicate_max_distance": 6, "require_verified": True},
     "train": {"arch": "lraspp_mobilenet_v3_large", "resolution": 64, "epochs": 2, "batch_size": 4, "seed": 0},
 }
 
