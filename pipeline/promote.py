@@ -183,3 +183,38 @@ def register(app: typer.Typer) -> None:
                 f"{len(result.verified_items)} verified items kept; "
                 + ("preannotate.model set to trained" if result.params_changed else "preannotate.model already trained")
             )
+
+
+def status_lines(paths: Paths) -> list[str]:
+    """``maskloop status`` section: dataset version, last training, evaluation and the promoted model."""
+    lines: list[str] = []
+    ds = Path(paths.export) / "dataset.json"
+    if ds.is_file():
+        d = io.read_json(ds)
+        sizes = ", ".join(f"{s} {v.get('items', 0)}" for s, v in d.get("splits", {}).items())
+        lines.append(f"dataset {d.get('version')}: {d.get('items')} items ({d.get('verified', '?')} verified), "
+                     f"{d.get('composites')} composites; {sizes}")
+    else:
+        lines.append("no export yet: `dvc repro export`")
+    tr = Path(paths.metrics) / "train.json"
+    if tr.is_file():
+        m = io.read_json(tr)
+        lines.append(f"trained: {m.get('epochs')} epochs on {m.get('n_train')} items; val IoU {m.get('val_iou')}")
+    ev = Path(paths.metrics) / "evaluate.json"
+    if ev.is_file():
+        m = io.read_json(ev)
+        t = m.get("test", {})
+        lines.append(f"test: {t.get('items')} items, IoU {t.get('iou')}, boundary F {t.get('boundary_f')}")
+        for version, e in m.get("effort", {}).items():
+            lines.append(f"    effort {version}: {e['items']} items, {e['accepted_unchanged']:.0%} accepted unchanged, "
+                         f"mean IoU {e['mean_iou']:.3f}, {e['mean_pixels_changed']:.0f} px changed")
+    lin = Path(paths.promoted) / LINEAGE_NAME
+    if lin.is_file():
+        doc = io.read_json(lin)
+        if doc.get("promoted"):
+            lines.append(f"promoted: {doc.get('arch')} @ {doc.get('resolution')} px, sha256 "
+                         f"{str(doc.get('checkpoint_sha256'))[:12]}, dataset {doc.get('dataset_version')}, "
+                         f"{len(doc.get('verified_items', []))} verified items kept")
+        else:
+            lines.append("promoted: none yet (`maskloop promote` after training)")
+    return lines

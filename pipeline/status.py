@@ -24,6 +24,7 @@ SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = [
     ("qa", lambda paths: __import__("qa.report", fromlist=["status_lines"]).status_lines(paths)),
     ("review", lambda paths: __import__("pipeline.review_cmd", fromlist=["status_lines"]).status_lines(paths)),
     ("matting", lambda paths: __import__("pipeline.matte", fromlist=["status_lines"]).status_lines(paths)),
+    ("loop", lambda paths: __import__("pipeline.promote", fromlist=["status_lines"]).status_lines(paths)),
 ]
 
 

@@ -142,6 +142,9 @@ def test_evaluate_reports_test_metrics_and_correction_effort(trained: Path, monk
     assert io.read_json(trained / "metrics/evaluate.json") == metrics
     table = io.read_parquet(trained / "data/evaluate/effort_items.parquet")
     assert list(table["unchanged"]) == [True, False]
+    status = maskloop("status", cwd=trained).stdout
+    assert "[loop]" in status and "effort grabcut@g1: 2 items, 50% accepted unchanged" in status
+    assert "promoted: lraspp_mobilenet_v3_large @ 32 px" in status
 
 
 def test_train_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
