@@ -240,7 +240,7 @@ def test_server_stopped_mid_push_fails_clearly_then_repush_completes(ls_server: 
 
 
 def test_wrong_token_gives_a_clear_authentication_error(ls_server: Server, ls_project_factory) -> None:
-    proj = ls_project_factory("push-bad-token")
+    proj = ls_project_factory("push-bad-token", names=("0001",))
     bad = "not-the-right-token-7781"
     proc = proj.run("push", check=False, token=bad)
     out = " ".join((proc.stdout + proc.stderr).split())
