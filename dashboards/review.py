@@ -468,12 +468,14 @@ def overview_page(project: data.Project, queue_all: pd.DataFrame) -> None:
     else:
         e1, e2 = st.columns([3, 2])
         e1.dataframe(effort, hide_index=True, width="stretch")
-        plot = effort.set_index("model_version")[["median_lead_time_s"]].dropna()
-        if not plot.empty:
-            e2.bar_chart(plot)
-        share = effort.set_index("model_version")
-        share = (share["corrected"] / share["items"].clip(lower=1)).rename("share corrected")
-        e2.bar_chart(share)
+        by_model = effort.set_index("model_version")
+        with e2:
+            st.caption("items pre-annotated and corrected by humans, per model version")
+            st.bar_chart(by_model[["items", "corrected"]], stack=False, height=220)
+            lead = by_model["median_lead_time_s"].dropna()
+            if not lead.empty:
+                st.caption("median annotation lead time (s) — should fall from round to round")
+                st.bar_chart(lead, height=220)
     st.markdown("#### Metrics between dataset versions")
     revs = data.revisions(project)
     labels = {r.rev: r.label for r in revs}

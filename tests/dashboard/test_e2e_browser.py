@@ -152,6 +152,11 @@ def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path)
             page.locator(".st-key-to_queue").get_by_role("button").click()
             expect(page.get_by_role("heading", name="Review queue")).to_be_visible(timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "review_queue.png"), full_page=True)
+            page.get_by_text("Overview", exact=True).first.click()
+            expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Correction effort per model version")).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(1500)  # charts draw asynchronously
+            page.screenshot(path=str(ARTIFACTS / "review_overview.png"), full_page=True)
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
