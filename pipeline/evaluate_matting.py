@@ -74,9 +74,9 @@ def register(app: typer.Typer) -> None:
     def evaluate_matting(
         gt: Annotated[Path, typer.Option("--gt", help="folder of ground-truth alpha PNGs (same file names).")],
         pred: Annotated[Path | None, typer.Option("--pred", help="folder of predicted alpha PNGs "
-                                                  "[default: paths.matte/alpha].")] = None,
+                                                  "(default: paths.matte/alpha).")] = None,
         trimaps: Annotated[Path | None, typer.Option("--trimaps", help="folder of trimap PNGs "
-                                                     "[default: paths.trimap/trimaps].")] = None,
+                                                     "(default: paths.trimap/trimaps).")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="write <out>.parquet (per file) and "
                                                  "<out>.json (means).")] = None,
         params: Annotated[Path, typer.Option("--params", "-p", help="params file.")] = DEFAULT_PARAMS,
