@@ -408,8 +408,9 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
         known = data.available_fixes()
         choices = ([suggested] if suggested else []) + [k for k in known if k != suggested]
         fix = ""
-        if choices:
-            fix = st.selectbox("Fix to apply", choices, key=f"fix_choice_{item_id}",
+        if choices:  # the suggested fix is preselected; otherwise the reviewer must pick one deliberately
+            fix = st.selectbox("Fix to apply", choices, key=f"fix_choice_{item_id}", index=0 if suggested else None,
+                               placeholder="no fix suggested: choose one to enable Apply fix",
                                format_func=lambda k: f"{k} (suggested)" if k == suggested else k) or ""
         unknown = bool(fix) and bool(known) and fix not in known
         if unknown:

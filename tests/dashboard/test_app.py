@@ -135,8 +135,12 @@ def test_preset_reason_accept_and_fix(synth: Any, app: Any) -> None:
     at.button(key="accept").click().run()
     assert at.session_state["item_id"] == order[2]
     fix_item = order[2]
-    # the suggested fix is preselected; without a suggestion, the first fix qa.fixes offers
-    fix = queue_frame(synth).set_index("item_id").loc[fix_item, "suggested_fix"] or data.available_fixes()[0]
+    # the suggested fix is preselected; without a suggestion nothing is, and Apply stays off until one is chosen
+    fix = queue_frame(synth).set_index("item_id").loc[fix_item, "suggested_fix"]
+    if not fix:
+        assert at.button(key="apply_fix").disabled
+        fix = data.available_fixes()[0]
+        at.selectbox(key=f"fix_choice_{fix_item}").set_value(fix).run()
     at.button(key="apply_fix").click().run()
     db = data.open_project(synth.params).review_db
     got = {d.item_id: (d.decision, d.reason, d.fix) for d in DecisionStore(db).all()}
@@ -266,3 +270,16 @@ def test_choose_another_fix_and_unknown_suggested_fix(synth: Any, app: Any) -> N
     assert any("magic_wand" in w.value for w in at.warning)
     assert at.button(key="apply_fix").disabled
     assert any("is stale" in i.value for i in at.info)
+
+
+def test_no_suggested_fix_means_nothing_preselected(synth: Any, app: Any) -> None:
+    q = queue_frame(synth)
+    item = q.loc[q["suggested_fix"] == "", "item_id"].iloc[0]
+    at = app(synth)
+    at.button(key=f"open_{item}").click().run()
+    assert at.selectbox(key=f"fix_choice_{item}").value is None
+    assert at.button(key="apply_fix").disabled  # pressing `f` by accident applies nothing
+    at.selectbox(key=f"fix_choice_{item}").set_value("fill_holes").run()
+    at.button(key="apply_fix").click().run()
+    [d] = DecisionStore(data.open_project(synth.params).review_db).all()
+    assert (d.item_id, d.decision, d.fix) == (item, "fix", "fill_holes")
