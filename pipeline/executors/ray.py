@@ -276,10 +276,9 @@ class RayExecutor:
             max_restarts=rp.max_retries,
             max_task_retries=rp.max_retries,
         )
-        stage_ref = ray.put(stage)
 
         def start(index: int) -> _Slot:
-            return _Slot(index, actor_cls.remote(stage_ref, workdir, threads, modules, env))
+            return _Slot(index, actor_cls.remote(stage, workdir, threads, modules, env))
 
         log.info(
             "%s: %d items on %d Ray workers (%g CPU, %g GPU each, %d retries)",
