@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BN_SAMPLES = 256
+"""Training images (unaugmented) used to re-estimate BatchNorm statistics after each epoch."""
+
 
 @dataclass(frozen=True)
 class LossParams:
@@ -278,6 +281,38 @@ def mean_iou(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> fl
 # --------------------------------------------------------------------------- training
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, images: np.ndarray, batch_size: int, device: str) -> None:
+    """Re-estimate every BatchNorm's running mean/variance as the exact average over ``images``
+    (float32 ``(N, 3, R, R)`` network inputs, unaugmented), then leave the model in eval mode.
+
+    torchvision's MobileNetV3 uses BatchNorm momentum 0.01, so after a short training run the running
+    statistics are still near their initial values and eval-mode outputs collapse to a constant; this
+    "precise BN" pass fixes that at the cost of one forward pass over ``images``.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(images):
+        model.eval()
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over the batches seen
+    model.train()
+    bs = max(2, batch_size)
+    with torch.no_grad():
+        for b in range(0, len(images), bs):
+            x = torch.from_numpy(images[b:b + bs]).to(device)
+            if len(x) == 1:
+                x = torch.cat([x, x.flip(-1)])
+            model(x)
+    for m, mom in zip(norms, saved, strict=True):
+        m.momentum = mom
+    model.eval()
+
+
+
 @dataclass(frozen=True)
 class TrainResult:
     model: Any
@@ -315,6 +350,9 @@ def fit(train: list[Sample], val: list[Sample], params: TrainParams, lineage: di
     curve: list[dict[str, float | int | None]] = []
     val_x = np.stack([normalize(s.image, meta) for s in val]) if val else None
     val_y = np.stack([s.mask[None] for s in val]) if val else None
+    rng_bn = np.random.default_rng(params.seed + 1)
+    bn_idx = np.sort(rng_bn.permutation(len(train))[:BN_SAMPLES])
+    bn_x = np.stack([normalize(train[int(i)].image, meta) for i in bn_idx])
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -334,8 +372,8 @@ def fit(train: list[Sample], val: list[Sample], params: TrainParams, lineage: di
             losses.append(float(loss.detach().cpu()))
         row: dict[str, float | int | None] = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 6),
                                                "val_loss": None, "val_iou": None}
+        recalibrate_batchnorm(model, bn_x, params.batch_size, device)
         if val_x is not None and val_y is not None:
-            model.eval()
             with torch.inference_mode():
                 probs, vlosses = [], []
                 for b in range(0, len(val_x), params.batch_size):
@@ -349,7 +387,7 @@ def fit(train: list[Sample], val: list[Sample], params: TrainParams, lineage: di
         curve.append(row)
         log.info("epoch %d/%d: train_loss %.4f val_loss %s val_iou %s (%.1fs)", epoch, params.epochs,
                  row["train_loss"], row["val_loss"], row["val_iou"], time.perf_counter() - t0)
-    model.eval()
+    recalibrate_batchnorm(model, bn_x, params.batch_size, device)
     return TrainResult(model, meta, tuple(curve), len(train), len(val))
 
 
