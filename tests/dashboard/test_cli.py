@@ -107,9 +107,11 @@ def test_review_serves_on_loopback_by_default(tmp_path: Path) -> None:
                 time.sleep(0.3)
         assert body == b"ok"
         # bound to 127.0.0.1 only: the listening socket's address is loopback
-        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
-        local = {line.split()[3] for line in out.splitlines() if line.strip()}
-        assert local == {f"127.0.0.1:{port}"}
+        import psutil
+
+        local = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert local == {"127.0.0.1"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
