@@ -147,21 +147,25 @@ class _Slot:
 
 def pool_size(runner: RunnerParams, resources: dict[str, float], n_chunks: int, num_gpus: float) -> int:
     """How many actors to start: ``runner.workers`` (0 = as many as the cluster's CPUs, or GPUs for a GPU
-    stage, allow), never more than there are chunks of work."""
+    stage, allow), capped at what the cluster offers now (more would wait forever for resources) and at
+    the number of chunks of work."""
     rp = runner.ray
-    if runner.workers > 0:
-        target = runner.workers
-    else:
-        target = math.floor(resources.get("CPU", 0.0) / rp.num_cpus_per_task + 1e-9) if rp.num_cpus_per_task else 0
-        if num_gpus > 0:
-            by_gpu = math.floor(resources.get("GPU", 0.0) / num_gpus + 1e-9)
-            target = min(target, by_gpu) if target else by_gpu
-    if target < 1:
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    capacity = math.floor(cpus / rp.num_cpus_per_task + 1e-9) if rp.num_cpus_per_task > 0 else max(int(cpus), 1)
+    if num_gpus > 0:
+        capacity = min(capacity, math.floor(gpus / num_gpus + 1e-9))
+    if capacity < 1:
         raise ConfigError(
-            f"the Ray cluster offers {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs, not "
-            f"enough for one worker asking for {rp.num_cpus_per_task:g} CPUs and {num_gpus:g} GPUs "
-            "(runner.ray.num_cpus_per_task / num_gpus_per_task)"
+            f"the Ray cluster offers {cpus:g} CPUs and {gpus:g} GPUs, not enough for one worker asking for "
+            f"{rp.num_cpus_per_task:g} CPUs and {num_gpus:g} GPUs (runner.ray.num_cpus_per_task / num_gpus_per_task)"
         )
+    target = runner.workers or capacity
+    if target > capacity:
+        log.warning(
+            "runner.workers=%d but the Ray cluster has room for %d workers (%g CPUs, %g GPUs); using %d",
+            target, capacity, cpus, gpus, capacity,
+        )
+        target = capacity
     return max(1, min(target, n_chunks))
 
 

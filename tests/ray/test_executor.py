@@ -87,7 +87,10 @@ def test_pool_size_follows_workers_cpus_and_gpus() -> None:
     assert rayex.pool_size(r, {"CPU": 8.0, "GPU": 2.0}, n_chunks=100, num_gpus=0.5) == 4
     half = RunnerParams(executor="ray", ray=RayParams(num_cpus_per_task=2.0))
     assert rayex.pool_size(half, {"CPU": 7.0}, n_chunks=100, num_gpus=0) == 3
-    assert rayex.pool_size(RunnerParams(executor="ray", workers=5), {"CPU": 1.0}, 100, 0) == 5
+    assert rayex.pool_size(RunnerParams(executor="ray", workers=5), {"CPU": 8.0}, 100, 0) == 5
+    assert rayex.pool_size(RunnerParams(executor="ray", workers=5), {"CPU": 2.0}, 100, 0) == 2  # capped
+    free = RunnerParams(executor="ray", ray=RayParams(num_cpus_per_task=0.0))
+    assert rayex.pool_size(free, {"CPU": 3.0}, n_chunks=100, num_gpus=0) == 3
     with pytest.raises(ConfigError, match="not enough for one worker"):
         rayex.pool_size(half, {"CPU": 1.0}, n_chunks=10, num_gpus=0)
 
