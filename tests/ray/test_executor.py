@@ -221,3 +221,21 @@ def test_forwarded_env_keeps_numba_and_maskloop_settings_but_no_secrets() -> Non
     env = {"NUMBA_CACHE_DIR": "/c", "MASKLOOP_RAY_WORKDIR": "/w", "MASKLOOP_API_TOKEN": "t",
            "LABEL_STUDIO_API_KEY": "k", "PATH": "/bin"}
     assert rayex.forwarded_env(env) == {"MASKLOOP_RAY_WORKDIR": "/w", "NUMBA_CACHE_DIR": "/c"}
+
+
+def test_cli_names_an_unreachable_cluster_in_one_sentence(tmp_path: Path, images: list[Path]) -> None:
+    import yaml
+
+    from tests.conftest import REPO, maskloop
+
+    raw = tmp_path / "data" / "raw" / "images"
+    raw.mkdir(parents=True)
+    for p in images[:2]:
+        (raw / p.name).write_bytes(p.read_bytes())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["runner"] = {"executor": "ray", "workers": 2, "ray": {"address": "127.0.0.1:1"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = maskloop("ingest", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "error: cannot reach a Ray cluster at runner.ray.address='127.0.0.1:1'" in proc.stderr
+    assert "Traceback" not in proc.stderr
