@@ -184,8 +184,8 @@ def test_worker_killed_mid_stage_is_retried_by_ray(
 def test_item_that_kills_its_worker_fails_alone_and_rerun_completes(
     ray_cluster, images: list[Path], local_tree: dict[str, bytes], tmp_path: Path
 ) -> None:
-    key = images[3].stem
-    runner = _ray_runner(ray_cluster.address, max_retries=0, max_failure_fraction=0.5)
+    key = images[3].stem  # one actor only: its death must not take the rest of the stage with it
+    runner = _ray_runner(ray_cluster.address, workers=1, max_retries=0, max_failure_fraction=0.5)
     result = _run(tmp_path, images, runner, die_once=(key,), explode=(images[5].stem,))
     by_key = {o.key: o for o in result.outcomes}
     assert by_key[key].status == "failed" and "worker process died 1 time(s)" in by_key[key].error
