@@ -243,9 +243,9 @@ class RayExecutor:
     def run(self, stage: Stage[Any], works: Sequence[WorkItem]) -> Iterator[ItemOutcome]:
         if not works:
             return
+        started = connect(self.params)  # first: names the missing extra when Ray is not installed
         import ray
 
-        started = connect(self.params)
         slots: list[_Slot] = []
         try:
             yield from self._run(ray, stage, list(works), slots)

@@ -120,6 +120,9 @@ def test_missing_ray_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"pip install 'maskloop\[ray\]'"):
         rayex.connect(RayParams())
+    stage = synth.make_stage(Path("/nonexistent"), Path("/nonexistent"), synth.SynthParams())
+    with pytest.raises(ConfigError, match=r"Ray is not installed"):
+        list(rayex.RayExecutor(RunnerParams(executor="ray")).run(stage, synth.works_for([Path("a.png")])))
 
 
 # --------------------------------------------------------------------------- on the cluster
