@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import io
+from pipeline import runner as runner_module
 from pipeline.errors import UserError
 from pipeline.items import ok_items
 from pipeline.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
@@ -218,6 +219,9 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     if n_kept:
         log.info("preannotate: %d verified items keep their previous pre-annotation", n_kept)
     Path(paths.sam_cache).mkdir(parents=True, exist_ok=True)
+    # the runner caches per-worker resources by stage name; a second run in the same process (tests,
+    # notebooks) with other params must not reuse the previous run's model
+    runner_module._RESOURCE.pop(stage.name, None)
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
     df = table(result)
     io.write_parquet(root / TABLE, df)
