@@ -29,12 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, finish, shared_data  # noqa: E402
-from pipeline import io  # noqa: E402
-from pipeline.evaluate import boundary_f, iou  # noqa: E402
-from pipeline.params import Paths, load_section  # noqa: E402
-from pipeline.preannotate import grabcut as G  # noqa: E402
-from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext  # noqa: E402
+from benchmarks._common import REPO, finish, shared_data
+from pipeline import io
+from pipeline.evaluate import boundary_f, iou
+from pipeline.params import Paths, load_section
+from pipeline.preannotate import grabcut as G
+from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext
 
 
 def load(ecssd: Path, n: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:

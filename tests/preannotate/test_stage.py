@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import io, ingest
+from pipeline import ingest, io
 from pipeline.errors import UserError
 from pipeline.preannotate import stage
 from pipeline.runner import StageFailed
