@@ -10,23 +10,25 @@ Plain GrabCut needs a rectangle around the object and costs seconds to minutes a
    side. Saliency is the **second-smallest** of the four contrasts, so an object touching one border (a
    person cut at the bottom edge) is still salient, while a background that differs from side to side (sky
    above, floor below) is not. A mild centre prior is multiplied in.
-3. **GrabCut with a mask.** Pixels are labelled: probable foreground above the saliency's Otsu threshold;
-   definite foreground in the eroded core of the largest salient region; definite background for border-
-   strip pixels that are not salient; probable background elsewhere. ``cv2.grabCut`` runs ``iterations``
-   times with ``GC_INIT_WITH_MASK``. Islands smaller than ``min_island_frac`` of the largest region are
-   dropped. If the seeding finds nothing, the classic 5%-inset rectangle is used.
-4. **Back to full size, edge-aware.** The small mask is resized bilinearly and refined with a guided filter
-   (He et al.) whose guide is the full-size grey image, then thresholded at 0.5: the edge follows the photo's
-   real edges instead of the blocky upsampled one.
+3. **GrabCut with a mask.** The start is the classic 5%-inset rectangle, corrected by the prior both ways
+   (:func:`seed_mask`): inside the rectangle, pixels far less salient than the saliency's Otsu threshold
+   become probable background (so the first foreground colour model is not polluted by background), and
+   salient pixels in the border strip become probable instead of definite background (so an object touching
+   the border can keep its edge). ``cv2.grabCut`` runs ``iterations`` times with ``GC_INIT_WITH_MASK``;
+   islands smaller than ``min_island_frac`` of the largest region are dropped.
+4. **Back to full size, edge-aware.** The small mask is refined with a guided filter (He et al.) whose guide
+   is the grey image; its coefficients are computed at ``refine_side`` and upsampled to full size (the "fast
+   guided filter"), then thresholded at 0.5: the edge follows the photo's real edges instead of the blocky
+   upsampled one, at a cost of a few full-size array operations (under 2 s at 12 MP).
 
 Documented limits: the object must differ in colour from the background near the borders; scenes whose
 object fills the frame or touches three or four borders, camouflage, and several objects of different
 colours are where it fails (the uncertainty column then puts the item early in the annotation queue).
 Measured on ECSSD: ``benchmarks/preannotate.py``.
 
-The probability map is the guided-filter output sharpened by how strongly GrabCut's own colour models agree
-(see :func:`colour_posterior`), so ``probability >= 0.5`` equals the mask and pixels whose colour is ambiguous
-sit near 0.5.
+The probability map is the guided-filter output, kept on the mask's side of 0.5 (``probability >= 0.5`` is
+exactly the mask) and pulled towards 0.5 where GrabCut's own colour models are unsure of a pixel
+(:func:`colour_posterior`).
 """
 
 from __future__ import annotations
