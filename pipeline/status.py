@@ -21,6 +21,7 @@ STAGE_ORDER = (
 
 # Extra sections: (title, function(paths) -> list of lines). Stages register theirs here.
 SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = [
+    ("preannotate", lambda paths: __import__("pipeline.preannotate.stage", fromlist=["status_lines"]).status_lines(paths)),
     ("qa", lambda paths: __import__("qa.report", fromlist=["status_lines"]).status_lines(paths)),
     ("review", lambda paths: __import__("pipeline.review_cmd", fromlist=["status_lines"]).status_lines(paths)),
     ("matting", lambda paths: __import__("pipeline.matte", fromlist=["status_lines"]).status_lines(paths)),

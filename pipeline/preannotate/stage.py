@@ -232,3 +232,25 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         log.info("preannotate: pruned %d SAM cache files of items no longer in the manifest", pruned)
     log.info("preannotate: %d items pre-annotated with %s (%d failed)", len(df), params.model, result.n_failed)
     return df
+
+
+def status_lines(paths: Paths) -> list[str]:
+    """``maskloop status`` section: models used, confidence, and how many items need a human first."""
+    table = Path(paths.preannotate) / TABLE
+    if not table.is_file():
+        return ["no pre-annotations yet: run `dvc repro` (or `maskloop preannotate`)"]
+    df = io.read_parquet(table)
+    if df.empty:
+        return ["0 items pre-annotated"]
+    lines = []
+    for (model, version), grp in df.groupby(["model", "model_version"], sort=True):
+        lines.append(
+            f"{len(grp):>7} items by {model} ({version}): mean confidence {grp['confidence'].mean():.2f}, "
+            f"{int((grp['uncertainty'] > 0.7).sum())} with uncertainty > 0.7"
+        )
+    cache = Path(paths.sam_cache)
+    if cache.is_dir():
+        n = sum(1 for _ in cache.glob("*/*.npy"))
+        if n:
+            lines.append(f"{n:>7} SAM embeddings cached in {cache}")
+    return lines

@@ -204,3 +204,10 @@ def test_table_reads_back_with_nan_sam_iou(proj: Path) -> None:
     assert df["sam_iou"].dtype == np.float64 and df["sam_iou"].isna().all()
     prev = stage.previous_records(Path("data/preannotate"))
     assert set(prev) == set(df["item_id"]) and all(r["sam_iou"] is None for r in prev.values())
+    from pipeline.params import load_paths
+
+    lines = stage.status_lines(load_paths(Path("params.yaml")))
+    assert lines[0].split()[0] == str(len(df)) and "grabcut" in lines[0]
+    assert stage.status_lines(load_paths(Path("params.yaml")).__class__(preannotate=proj / "none"))[0].startswith(
+        "no pre-annotations yet"
+    )
