@@ -6,7 +6,7 @@ pixels inside the eroded mask are foreground (255), outside the dilated mask bac
 unknown (128). ``r`` is ``trimap.band_px`` (``mode: fixed``) or ``band_fraction * sqrt(object area)``
 clamped to ``[min_band_px, max_band_px]`` (``mode: relative``). With ``texture.enabled`` the band is
 widened by ``texture.extra_px`` where the boundary is highly textured (hair, fur): boundary pixels whose
-local mean gradient magnitude of the photo exceeds ``texture.threshold``.
+incoherent gradient energy (:func:`texture_map`) exceeds ``texture.threshold``.
 
 Outputs: ``paths.trimap/trimaps/<id>.png`` (exactly {0, 128, 255}) and ``paths.trimap/trimaps.parquet``
 (``item_id, band_px, extra_px, unknown_fraction, textured_fraction``).
@@ -45,7 +45,7 @@ class TextureParams:
     """Widen the band where the boundary is highly textured (hair, fur)."""
 
     enabled: bool = True
-    threshold: float = 0.12  # local mean Sobel magnitude of the grey photo in [0, 1] units
+    threshold: float = 0.08  # incoherent gradient energy (texture_map) in [0, 1] units
     extra_px: int = 8
     window_px: int = 7
 
@@ -107,13 +107,20 @@ def band_radius(mask: np.ndarray, params: TrimapParams) -> int:
 
 
 def texture_map(image: np.ndarray, window_px: int) -> np.ndarray:
-    """Local mean Sobel gradient magnitude of ``image`` (RGB uint8 ``(H, W, 3)``): float32 ``(H, W)``,
-    roughly in ``[0, 1]`` (1 = a black/white step in every pixel of the window)."""
+    """Incoherent gradient energy of ``image`` (RGB uint8 ``(H, W, 3)``): float32 ``(H, W)`` in ``[0, 1]``.
+
+    ``mean |g| - |mean g|`` over a ``window_px`` window (Sobel gradients of the grey image, 1 = a full
+    black/white step). A clean object edge has aligned gradients and scores near 0 however strong it is;
+    hair, fur and foliage have gradients in every direction and score high.
+    """
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     gx = np.asarray(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), dtype=np.float32) / np.float32(4.0)
     gy = np.asarray(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3), dtype=np.float32) / np.float32(4.0)
-    mag = np.sqrt(gx * gx + gy * gy)
-    return np.asarray(cv2.blur(mag, (window_px, window_px)), dtype=np.float32)
+    k = (window_px, window_px)
+    mag_mean = np.asarray(cv2.blur(np.sqrt(gx * gx + gy * gy), k), dtype=np.float32)
+    mx = np.asarray(cv2.blur(gx, k), dtype=np.float32)
+    my = np.asarray(cv2.blur(gy, k), dtype=np.float32)
+    return np.clip(mag_mean - np.sqrt(mx * mx + my * my), 0.0, 1.0)
 
 
 def make_trimap(mask: np.ndarray, params: TrimapParams, image: np.ndarray | None = None) -> TrimapResult:
