@@ -55,7 +55,8 @@ def main() -> None:
     os.chdir(root)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["runner"] = {**params.get("runner", {}), "workers": 1, "progress": False}  # torch is loaded: no fork
-    params["export"] = {**params.get("export", {}), "splits": {"train": 0.85, "val": 0.15, "test": 0.0}}
+    params["export"] = {**params.get("export", {}), "require_verified": True,
+                        "splits": {"train": 0.85, "val": 0.15, "test": 0.0}}
     params["train"] = {**params.get("train", {}), "resolution": args.resolution, "epochs": args.epochs,
                        "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 1, "device": "cpu",
                        "threads": args.threads}
