@@ -80,3 +80,17 @@ def test_params_validation() -> None:
         TrimapParams(band_px=0)
     with pytest.raises(ValueError, match="window_px"):
         TextureParams(window_px=4)
+
+
+def test_a_clean_strong_edge_is_not_texture() -> None:
+    # black object on white: the strongest possible edge, but all its gradients are aligned -> no widening
+    mask = square()
+    image = np.where(mask[:, :, None] > 0, 0, 255).astype(np.uint8).repeat(3, axis=2)
+    p = TrimapParams(band_px=3, texture=TextureParams(enabled=True, threshold=0.05, extra_px=6))
+    res = make_trimap(mask, p, image)
+    # only boundary pixels within the 7 px window of the square's 4 corners (where gradients turn) are
+    # flagged: about 4 x 2 x 6 of the 160-pixel-per-side boundary; every straight-edge pixel is not
+    assert res.textured_fraction < 0.2
+    straight = make_trimap(mask, p, image).trimap[20:80]
+    # rows far from the corners (44..56) keep the plain 2r band on both sides
+    assert all(np.count_nonzero(row == 128) == 12 for row in straight[24:37])
