@@ -201,39 +201,65 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return a * guide + b
 
 
+def _refine_parts(
+    soft_small: np.ndarray, image: np.ndarray, mid: np.ndarray, params: GrabCutParams
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Guided-filter output at ``mid`` size, plus the coefficients ``(a, b)`` to apply at full size (None
+    when ``mid`` is the full image or refinement is off)."""
+    mh, mw = mid.shape[:2]
+    src_mid = cv2.resize(soft_small, (mw, mh), interpolation=cv2.INTER_LINEAR)
+    if params.refine_radius == 0 or max(mh, mw) <= max(soft_small.shape):
+        return np.clip(src_mid, 0.0, 1.0), None, None
+    guide_mid = cv2.cvtColor(mid, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    radius = max(1, round(params.refine_radius * max(mh, mw) / max(soft_small.shape)))
+    a, b = guided_coefficients(guide_mid, src_mid, radius, params.refine_eps)
+    q_mid = np.clip(a * guide_mid + b, 0.0, 1.0)
+    if mid.shape[:2] == image.shape[:2]:
+        return q_mid, None, None
+    return q_mid, a, b
+
+
+def _full_mask(q_mid: np.ndarray, a: np.ndarray | None, b: np.ndarray | None, image: np.ndarray) -> np.ndarray:
+    """Full-size mask uint8 {0, 255}: the guided filter applied at full size with upsampled coefficients."""
+    h, w = image.shape[:2]
+    if a is None or b is None:
+        q = q_mid if q_mid.shape == (h, w) else cv2.resize(q_mid, (w, h), interpolation=cv2.INTER_LINEAR)
+        return cv2.compare(q, 0.5, cv2.CMP_GE)  # type: ignore[call-overload,no-any-return]
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    a_up = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+    b_up = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+    q = cv2.scaleAdd(cv2.multiply(a_up, grey), 1.0 / 255.0, b_up)
+    return cv2.compare(q, 0.5, cv2.CMP_GE)  # type: ignore[call-overload,no-any-return]
+
+
 def upsample_refine(soft_small: np.ndarray, image: np.ndarray, params: GrabCutParams) -> np.ndarray:
     """Small soft mask float32 ``(h, w)`` -> full-size float32 ``(H, W)`` in [0, 1], edge-refined on ``image``.
 
     The guided filter's coefficients are computed on a copy of the image whose longer side is at most
-    ``refine_side`` and upsampled bilinearly (the "fast guided filter"), so the cost at 12 MP stays a few
-    full-size array operations.
+    ``refine_side`` and upsampled bilinearly (the "fast guided filter").
     """
     h, w = image.shape[:2]
-    if params.refine_radius == 0 or max(h, w) <= max(soft_small.shape):
-        up = cv2.resize(soft_small, (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.clip(up, 0.0, 1.0).astype(np.float32)
     mid = downscale(image, params.refine_side)
-    mh, mw = mid.shape[:2]
-    guide_mid = cv2.cvtColor(mid, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    src_mid = cv2.resize(soft_small, (mw, mh), interpolation=cv2.INTER_LINEAR)
-    radius = max(1, round(params.refine_radius * max(mh, mw) / max(soft_small.shape)))
-    a, b = guided_coefficients(guide_mid, src_mid, radius, params.refine_eps)
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    grey *= 1.0 / 255.0
-    if (mh, mw) != (h, w):
-        a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-        b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-    out: np.ndarray = np.multiply(a, grey, dtype=np.float32)
-    out += b
-    return np.clip(out, 0.0, 1.0, out=out)
+    q_mid, a, b = _refine_parts(soft_small, image, mid, params)
+    if a is None or b is None:
+        return q_mid if q_mid.shape == (h, w) else cv2.resize(q_mid, (w, h), interpolation=cv2.INTER_LINEAR)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    a_up = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+    b_up = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(a_up * grey + b_up, 0.0, 1.0).astype(np.float32)
 
 
 def segment(image: np.ndarray, params: GrabCutParams) -> tuple[np.ndarray, np.ndarray]:
     """Foreground of an RGB uint8 ``(H, W, 3)`` photo: (mask uint8 {0,255}, probability float32 [0,1]),
-    both ``(H, W)``. Deterministic (fixed k-means seed; GrabCut is deterministic for a given start)."""
+    both ``(H, W)``. Deterministic (fixed k-means seed; GrabCut is deterministic for a given start).
+
+    Full-size work is limited to a handful of array operations: the mask comes from the guided filter
+    applied at full size; the probability is computed at ``refine_side`` and resized.
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"grabcut needs an RGB uint8 (H, W, 3) image, got {image.shape} {image.dtype}")
-    small = downscale(image, params.work_side)
+    mid = downscale(image, params.refine_side)
+    small = downscale(mid, params.work_side)
     h, w = small.shape[:2]
     if min(h, w) < 8:
         raise ValueError(f"image {image.shape[1]}x{image.shape[0]} is too small for grabcut (needs >= 8 px a side)")
@@ -243,20 +269,22 @@ def segment(image: np.ndarray, params: GrabCutParams) -> tuple[np.ndarray, np.nd
     fg = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
     if fg.any():
         fg = _largest_components(fg, params.min_island_frac)
-    soft = upsample_refine(fg.astype(np.float32), image, params)
-    fg_full = soft >= 0.5
+    q_mid, a, b = _refine_parts(fg.astype(np.float32), image, mid, params)
+    mask = _full_mask(q_mid, a, b, image)
     if bgd.any() and fgd.any():
         agree = np.abs(2.0 * colour_posterior(small, bgd, fgd) - 1.0)
     else:
         agree = np.ones((h, w), np.float32)
-    gain = cv2.resize(0.5 + 0.5 * agree, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    # sign from the refined mask, magnitude from how sure the colour models are
-    soft -= 0.5
-    soft *= gain
-    soft += 0.5
-    prob = np.where(fg_full, np.maximum(soft, 0.5), np.minimum(soft, 0.499))
-    mask = fg_full.view(np.uint8) * np.uint8(255)
-    return mask, np.clip(prob, 0.0, 1.0).astype(np.float32)
+    gain = cv2.resize(0.5 + 0.5 * agree, (q_mid.shape[1], q_mid.shape[0]), interpolation=cv2.INTER_LINEAR)
+    # magnitude from how sure the colour models are; the side of 0.5 is then forced to match the mask
+    p_mid = ((q_mid - 0.5) * gain + 0.5).astype(np.float32)
+    H, W = image.shape[:2]
+    prob = p_mid if p_mid.shape == (H, W) else cv2.resize(p_mid, (W, H), interpolation=cv2.INTER_LINEAR)
+    fg_full = mask > 0
+    np.maximum(prob, 0.5, out=prob, where=fg_full)
+    np.minimum(prob, 0.499, out=prob, where=~fg_full)
+    np.clip(prob, 0.0, 1.0, out=prob)
+    return mask, prob
 
 
 def plain_grabcut(image: np.ndarray, inset: float = 0.05, iterations: int = 5) -> np.ndarray:
