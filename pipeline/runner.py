@@ -110,7 +110,8 @@ class Stage(Generic[P]):
 
     ``process(work, params, resource) -> ItemResult`` must be a module-level function (it is pickled to
     worker processes / Ray actors). ``setup(params) -> resource`` runs once per worker (load a model there,
-    never at import). ``output_dirs`` are folders under ``root`` that only this stage writes: files in them
+    never at import). ``warmup(params)`` runs once in the driver before any worker starts, and only when
+    there is work to do (e.g. fill a JIT compilation cache that every worker then loads instead of compiling). ``output_dirs`` are folders under ``root`` that only this stage writes: files in them
     that no current item produced are swept. ``version`` is the stage's code version: bump it when a code
     change alters outputs.
     """
@@ -124,6 +125,7 @@ class Stage(Generic[P]):
     setup: SetupFn | None = None
     output_dirs: tuple[str, ...] = ()
     gpu: bool = False
+    warmup: Callable[[Any], None] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -291,11 +293,15 @@ _RESOURCE: dict[str, Any] = {}
 
 
 def _resource_for(stage: Stage[Any]) -> Any:
+    """The stage's per-worker resource, built once per (stage, params, code version) in this process."""
     if stage.setup is None:
         return None
-    if stage.name not in _RESOURCE:
-        _RESOURCE[stage.name] = stage.setup(stage.params)
-    return _RESOURCE[stage.name]
+    key = f"{stage.name}:{stage.static_key()}"
+    if key not in _RESOURCE:
+        for old in [k for k in _RESOURCE if k.startswith(f"{stage.name}:")]:
+            del _RESOURCE[old]  # params changed: drop the old model before loading the new one
+        _RESOURCE[key] = stage.setup(stage.params)
+    return _RESOURCE[key]
 
 
 def _safe_rel(stage: Stage[Any], rel: str) -> str:
@@ -398,13 +404,10 @@ def _pool_call(work: WorkItem) -> ItemOutcome:
 
 def _limit_threads(threads: int) -> None:
     """Keep each worker from spawning a thread per core (N workers x N threads thrash)."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        import cv2
-
-        cv2.setNumThreads(threads)
-    except Exception:  # pragma: no cover - cv2 is a hard dependency
-        pass
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # OpenCV's thread count is set by the parent before forking (see LocalExecutor.run): calling
+    # cv2.setNumThreads in a forked child whose parent already used OpenCV's pool can deadlock.
     if "torch" in sys.modules:
         import torch
 
@@ -423,13 +426,20 @@ class LocalExecutor:
     def run(self, stage: Stage[Any], works: Sequence[WorkItem]) -> Iterator[ItemOutcome]:
         import multiprocessing as mp
 
+        import cv2
+
         ctx = mp.get_context(self.start_method)
-        with ctx.Pool(self.workers, initializer=_pool_init, initargs=(stage, self.threads)) as pool:
-            try:
-                yield from pool.imap_unordered(_pool_call, works, chunksize=self.chunksize)
-            except BaseException:
-                pool.terminate()
-                raise
+        parent_threads = cv2.getNumThreads()
+        cv2.setNumThreads(self.threads)  # inherited by forked workers; restored below
+        try:
+            with ctx.Pool(self.workers, initializer=_pool_init, initargs=(stage, self.threads)) as pool:
+                try:
+                    yield from pool.imap_unordered(_pool_call, works, chunksize=self.chunksize)
+                except BaseException:
+                    pool.terminate()
+                    raise
+        finally:
+            cv2.setNumThreads(parent_threads)
 
 
 def make_executor(runner: RunnerParams, n_todo: int) -> Executor:
@@ -514,6 +524,8 @@ def run_stage(
     log.info("%s: %d items, %d up to date, %d to compute", stage.name, len(seen), n_reused, len(todo))
 
     if todo:
+        if stage.warmup is not None:
+            stage.warmup(stage.params)
         ex = executor or make_executor(runner, len(todo))
         progress = _Progress(stage.name, len(todo), runner.progress)
         try:
