@@ -215,7 +215,7 @@ class Paths:
     annotation: Path = Path("data/annotation")
     corrections: Path = Path("data/corrections")
     decisions: Path = Path("data/review/decisions.parquet")
-    review_db: Path = Path("data/review/decisions.sqlite")
+    review_dir: Path = Path("data/review/db")
     curated: Path = Path("data/curated")
     trimap: Path = Path("data/trimap")
     matte: Path = Path("data/matte")
@@ -229,6 +229,12 @@ class Paths:
     reports: Path = Path("reports")
     metrics: Path = Path("metrics")
     state: Path = Path(".maskloop/state")
+
+    @property
+    def review_db(self) -> Path:
+        """The reviewers' SQLite database (untracked; ``review_dir`` is a dep of the ``decisions`` stage, so
+        DVC re-exports exactly when the database or its journal changed)."""
+        return Path(self.review_dir) / "decisions.sqlite"
 
 
 def load_paths(path: Path) -> Paths:

@@ -62,6 +62,7 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "data" / "raw", root / "data" / "raw")
     if (REPO / "data" / "backgrounds").is_dir():
         shutil.copytree(REPO / "data" / "backgrounds", root / "data" / "backgrounds")
+    (root / "data" / "review" / "db").mkdir(parents=True)  # shipped (empty) in the repo: a dep of `decisions`
     return root
 
 

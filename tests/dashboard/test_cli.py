@@ -40,7 +40,7 @@ def test_export_without_database_writes_empty_table(tmp_path: Path) -> None:
 
 def test_export_with_database_and_keep_when_database_is_gone(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    db = root / "data/review/decisions.sqlite"
+    db = root / "data/review/db/decisions.sqlite"
     store = DecisionStore(db)
     store.record("0123456789abcdef", "reject", reviewer="ana", reason="hair cut off")
     store.record("fedcba9876543210", "accept", reviewer="ana")
@@ -67,7 +67,7 @@ def test_export_to_explicit_paths(tmp_path: Path) -> None:
 
 def test_export_of_a_corrupt_database_is_one_clear_error(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    db = root / "data/review/decisions.sqlite"
+    db = root / "data/review/db/decisions.sqlite"
     db.parent.mkdir(parents=True)
     db.write_bytes(b"garbage" * 1000)
     proc = _maskloop("review-export", cwd=root, check=False)
@@ -119,7 +119,7 @@ def test_review_serves_on_loopback_by_default(tmp_path: Path) -> None:
 
 def test_status_reports_decisions_and_pending_export(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    store = DecisionStore(root / "data/review/decisions.sqlite")
+    store = DecisionStore(root / "data/review/db/decisions.sqlite")
     store.record("0123456789abcdef", "reject", reviewer="ana", reason="hair cut off")
     store.record("fedcba9876543210", "accept", reviewer="bo")
     import os

@@ -164,7 +164,7 @@ def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
-    latest = DecisionStore(root / "data/review/decisions.sqlite").latest()
+    latest = DecisionStore(root / "data/review/db/decisions.sqlite").latest()
     assert set(latest) == {rejected, accepted}
     r, a = latest[rejected], latest[accepted]
     assert (r.decision, r.reason, r.reviewer) == ("reject", "the ear on the left is cut off", "e2e-rita")
