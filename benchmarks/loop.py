@@ -11,7 +11,7 @@ Figures on the held-out items, round 0 vs round 1: mean IoU against ground truth
 correction), since the ground truth is the correction), fraction accepted unchanged, mean pixels changed.
 Targets: round 1 beats round 0 on IoU and on pixels changed; whole run < 20 min.
 
-    .venv/bin/python benchmarks/loop.py [--n-holdout 50] [--epochs 30] [--resolution 160]
+    .venv/bin/python benchmarks/loop.py [--n-holdout 50] [--epochs 60] [--resolution 64] [--lr 3e-3]
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-holdout", type=int, default=50, help="held-out items (round 1 pre-annotates these)")
     ap.add_argument("--n-items", type=int, default=200, help="ECSSD photos used (sorted)")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--resolution", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the project in this folder")
     args = ap.parse_args()
