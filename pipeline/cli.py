@@ -21,7 +21,20 @@ from pipeline.params import DEFAULT_PARAMS, ParamsError
 
 log = logging.getLogger("pipeline")
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """Typer app whose expected errors (in any command) print as one sentence instead of a traceback."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        from pipeline.runner import SetupFailed, StageFailed
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+
+
+app = _App(
     name="maskloop",
     help="Ground-truth factory for background removal and matting: pre-annotate, correct in CVAT or "
     "Label Studio, QA, trimaps/alpha/composites, export, train, repeat. Run `dvc repro` for the whole chain.",
@@ -98,7 +111,3 @@ for _name, (_module, _help) in STAGES.items():
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
-
-
-def entry() -> None:  # pragma: no cover - console script shim
-    sys.exit(app())

@@ -406,12 +406,9 @@ def _limit_threads(threads: int) -> None:
     """Keep each worker from spawning a thread per core (N workers x N threads thrash)."""
     for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
-    # OpenCV's thread count is set by the parent before forking (see LocalExecutor.run): calling
-    # cv2.setNumThreads in a forked child whose parent already used OpenCV's pool can deadlock.
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(threads)
+    # OpenCV's and (when the parent imported it) torch's thread counts are set by the parent just before
+    # forking (see LocalExecutor.run): changing them in a forked child whose parent already used those thread
+    # pools can deadlock. A child that imports torch itself reads OMP_NUM_THREADS set above.
 
 
 class LocalExecutor:
@@ -431,6 +428,10 @@ class LocalExecutor:
         ctx = mp.get_context(self.start_method)
         parent_threads = cv2.getNumThreads()
         cv2.setNumThreads(self.threads)  # inherited by forked workers; restored below
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else 0
+        if torch is not None:
+            torch.set_num_threads(self.threads)
         try:
             with ctx.Pool(self.workers, initializer=_pool_init, initargs=(stage, self.threads)) as pool:
                 try:
@@ -440,6 +441,8 @@ class LocalExecutor:
                     raise
         finally:
             cv2.setNumThreads(parent_threads)
+            if torch is not None:
+                torch.set_num_threads(torch_threads)
 
 
 def make_executor(runner: RunnerParams, n_todo: int) -> Executor:

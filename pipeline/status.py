@@ -69,8 +69,8 @@ def render(paths: Paths) -> str:
     for title, fn in SECTIONS:
         try:
             body = fn(paths)
-        except (OSError, ValueError) as exc:
-            body = [f"unreadable: {exc}"]
+        except Exception as exc:  # one unreadable table must not hide the rest of the status
+            body = [f"unreadable ({type(exc).__name__}: {exc}); re-run the stage that writes it"]
         if body:
             out += ["", f"[{title}]", *body]
     return "\n".join(out)
