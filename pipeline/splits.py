@@ -96,8 +96,9 @@ def assign_splits(
     """Assign every item to a split (keys of ``fractions``, e.g. train/val/test) leak-free and stratified.
 
     ``fractions``: non-negative shares that sum to 1 (within 1e-6). Raises ``ValueError`` for duplicate
-    item ids or bad fractions. With very few components some splits may stay empty; the largest-share
-    split is filled first.
+    item ids or bad fractions. The largest-share split is filled first; when there are at least as many
+    components as splits with a positive share, every such split gets at least one component (so a tiny
+    dataset still has a test split), taken from the split holding the most components.
     """
     if not fractions:
         raise ValueError("no splits given")
@@ -151,7 +152,21 @@ def assign_splits(
             local_done += n
             total_done += n
             out[c] = best
+    _fill_empty_splits(out, size, [s for s in names if fractions[s] > 0], seed)
     return {it.item_id: out[comp_of[it.item_id]] for it in items}
+
+
+def _fill_empty_splits(out: dict[str, str], size: Mapping[str, int], names: Sequence[str], seed: int) -> None:
+    """Move whole components (smallest first, seeded order) into empty splits while a donor split has >1."""
+    for target in names:
+        if any(v == target for v in out.values()):
+            continue
+        members = {s: sorted((c for c, v in out.items() if v == s), key=lambda c: (size[c], _seeded_key(seed, c)))
+                   for s in names}
+        donor = max(names, key=lambda s: (len(members[s]), -names.index(s)))
+        if len(members[donor]) <= 1:
+            return
+        out[members[donor][0]] = target
 
 
 # --------------------------------------------------------------------------- near-duplicates

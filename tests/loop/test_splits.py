@@ -107,3 +107,15 @@ def test_dhash_is_64_bit_and_deterministic() -> None:
     img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
     assert dhash(img) == dhash(img.copy())
     assert 0 <= dhash(img) < 2**64
+
+
+def test_tiny_dataset_still_gets_every_split() -> None:
+    # 4 independent items with 70/15/15 shares: greedy filling alone would put all four in train.
+    items = [SplitItem(f"{i:016x}", fg_fraction=0.1 * (i + 1)) for i in range(4)]
+    out = assign_splits(items, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    counts = {s: sum(v == s for v in out.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 2, "val": 1, "test": 1}
+    assert out == assign_splits(list(reversed(items)), {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    # fewer components than splits: nothing can be moved without emptying train
+    two = assign_splits(items[:2], {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    assert sorted(two.values()) in (["train", "val"], ["test", "train"])
