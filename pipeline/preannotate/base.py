@@ -170,6 +170,26 @@ class GrabCutParams:
             raise ValueError(f"grabcut.min_island_frac must be in [0, 1), got {self.min_island_frac}")
 
 
+@dataclass(frozen=True)
+class TrainedParams:
+    """Section ``preannotate.trained`` (see :mod:`pipeline.preannotate.trained`): ``refine: grabcut`` seeds
+    GrabCut with the model's probability (``>= sure_fg`` definite foreground, ``< sure_bg`` definite
+    background) and upsamples edge-aware like ``grabcut``; ``refine: none`` thresholds the probability."""
+
+    refine: Literal["grabcut", "none"] = "grabcut"
+    sure_fg: float = 0.9
+    sure_bg: float = 0.1
+    iterations: int = 4
+
+    def __post_init__(self) -> None:
+        if self.refine not in ("grabcut", "none"):
+            raise ValueError(f"trained.refine must be grabcut or none, got {self.refine!r}")
+        if not 0.0 <= self.sure_bg < self.sure_fg <= 1.0:
+            raise ValueError(f"trained needs 0 <= sure_bg < sure_fg <= 1, got {self.sure_bg} and {self.sure_fg}")
+        if not 1 <= self.iterations <= 20:
+            raise ValueError(f"trained.iterations must be in [1, 20], got {self.iterations}")
+
+
 VOC_FOREGROUND = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -237,6 +257,7 @@ class PreannotateParams:
     grabcut: GrabCutParams = field(default_factory=GrabCutParams)
     deeplabv3: DeepLabParams = field(default_factory=DeepLabParams)
     sam: SamParams = field(default_factory=SamParams)
+    trained: TrainedParams = field(default_factory=TrainedParams)
 
     def __post_init__(self) -> None:
         from pipeline.preannotate import PREANNOTATORS

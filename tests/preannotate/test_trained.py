@@ -1,0 +1,115 @@
+"""The ``trained`` pre-annotator: model-seeded GrabCut refinement (``preannotate.trained``) and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.params import Paths
+from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext, TrainedParams
+from pipeline.preannotate.trained import TrainedPreannotator, prior_labels, refine_with_grabcut
+from tests.preannotate.conftest import object_on_background
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_prior_labels_from_probability() -> None:
+    prob = np.array([[0.0, 0.05, 0.3, 0.5], [0.7, 0.9, 0.95, 1.0]], np.float32)
+    labels = prior_labels(prob, 0.5, 0.1, 0.9)
+    expected = [[cv2.GC_BGD, cv2.GC_BGD, cv2.GC_PR_BGD, cv2.GC_PR_FGD],
+                [cv2.GC_PR_FGD, cv2.GC_FGD, cv2.GC_FGD, cv2.GC_FGD]]
+    assert labels.dtype == np.uint8
+    assert labels.tolist() == expected
+
+
+def test_prior_labels_rejects_unordered_thresholds() -> None:
+    with pytest.raises(ValueError, match="sure_bg"):
+        prior_labels(np.zeros((2, 2), np.float32), 0.5, 0.6, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"refine": "crf"}, "refine must be grabcut or none"), ({"sure_bg": 0.6, "sure_fg": 0.5}, "sure_bg < sure_fg"),
+     ({"sure_fg": 1.5}, "sure_bg < sure_fg"), ({"iterations": 0}, "iterations")],
+)
+def test_trained_params_errors(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainedParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_refinement_snaps_a_coarse_prior_to_the_object() -> None:
+    """A blocky, shifted, low-resolution probability (what a small model gives) becomes the object's shape."""
+    image, gt = object_on_background()
+    h, w = gt.shape
+    coarse = cv2.resize(gt.astype(np.float32), (8, 6), interpolation=cv2.INTER_AREA)
+    coarse = np.roll(cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST), 12, axis=1)
+    prob = np.clip(0.15 + 0.7 * coarse, 0, 1).astype(np.float32)  # never "sure": all probable labels
+    plain = prob >= 0.5
+    mask, p = refine_with_grabcut(image, prob, image, 0.5, TrainedParams(), GrabCutParams())
+    assert mask.shape == (h, w) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert p.shape == (h, w) and p.dtype == np.float32
+    assert np.array_equal(p >= 0.5, mask > 0)
+    assert _iou(mask > 0, gt) > 0.95 > _iou(plain, gt) + 0.05
+
+
+def test_refinement_without_foreground_falls_back_to_the_model() -> None:
+    image, _gt = object_on_background()
+    prob = np.full(image.shape[:2], 0.2, np.float32)
+    mask, p = refine_with_grabcut(image, prob, image, 0.5, TrainedParams(), GrabCutParams())
+    assert not mask.any() and (p < 0.5).all()
+
+
+@pytest.fixture()
+def promoted(tmp_path: Path) -> Paths:
+    from pipeline import segmenter
+
+    paths = Paths(promoted=tmp_path / "promoted")
+    model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
+    segmenter.save_checkpoint(tmp_path / "promoted" / "model.pt", model,
+                              segmenter.SegmenterMeta(arch="lraspp_mobilenet_v3_large", resolution=32))
+    return paths
+
+
+@pytest.mark.parametrize("refine", ["grabcut", "none"])
+def test_trained_preannotator_predicts_full_size(promoted: Paths, refine: str) -> None:
+    image, _gt = object_on_background(90, 130)
+    params = PreannotateParams(model="trained", device="cpu", trained=TrainedParams(refine=refine))  # type: ignore[arg-type]
+    pre = TrainedPreannotator(params, promoted)
+    res = pre.predict(image, PredictContext(item_id="x"))
+    assert res.mask.shape == (90, 130) and res.probability.shape == (90, 130)
+    assert np.array_equal(res.probability >= 0.5, res.mask > 0)
+    assert pre.spec.version.startswith("trained-lraspp_mobilenet_v3_large-")
+    with pytest.raises(ValueError, match="RGB uint8"):
+        pre.predict(image[..., 0], PredictContext(item_id="x"))
+
+
+def test_version_changes_with_refinement_settings(promoted: Paths) -> None:
+    versions = {
+        TrainedPreannotator(PreannotateParams(model="trained", device="cpu", trained=t), promoted).spec.version
+        for t in (TrainedParams(), TrainedParams(refine="none"), TrainedParams(sure_fg=0.95))
+    }
+    assert len(versions) == 3
+
+
+def test_checkpoint_threshold_outside_sure_band_is_an_error(tmp_path: Path) -> None:
+    from pipeline import segmenter
+
+    model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
+    segmenter.save_checkpoint(tmp_path / "model.pt", model, segmenter.SegmenterMeta(
+        arch="lraspp_mobilenet_v3_large", resolution=32, threshold=0.95))
+    paths = Paths(promoted=tmp_path)
+    with pytest.raises(UserError, match=r"threshold 0\.95 is outside"):
+        TrainedPreannotator(PreannotateParams(model="trained", device="cpu"), paths)
+    TrainedPreannotator(PreannotateParams(model="trained", device="cpu", trained=TrainedParams(refine="none")), paths)
+
+
+def test_too_small_image_is_an_error(promoted: Paths) -> None:
+    pre = TrainedPreannotator(PreannotateParams(model="trained", device="cpu"), promoted)
+    with pytest.raises(ValueError, match="too small"):
+        pre.predict(np.zeros((4, 50, 3), np.uint8), PredictContext(item_id="x"))
