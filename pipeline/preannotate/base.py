@@ -173,13 +173,14 @@ class GrabCutParams:
 @dataclass(frozen=True)
 class TrainedParams:
     """Section ``preannotate.trained`` (see :mod:`pipeline.preannotate.trained`): ``refine: grabcut`` seeds
-    GrabCut with the model's probability (``>= sure_fg`` definite foreground, ``< sure_bg`` definite
-    background) and upsamples edge-aware like ``grabcut``; ``refine: none`` thresholds the probability."""
+    GrabCut with ``prior_weight`` x the model's probability + the rest x the ``grabcut`` pre-annotator's
+    (``>= sure_fg`` definite foreground, ``< sure_bg`` definite background) and upsamples edge-aware like ``grabcut``; ``refine: none`` thresholds the probability."""
 
     refine: Literal["grabcut", "none"] = "grabcut"
     sure_fg: float = 0.9
     sure_bg: float = 0.1
-    iterations: int = 4
+    iterations: int = 8
+    prior_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.refine not in ("grabcut", "none"):
@@ -188,6 +189,8 @@ class TrainedParams:
             raise ValueError(f"trained needs 0 <= sure_bg < sure_fg <= 1, got {self.sure_bg} and {self.sure_fg}")
         if not 1 <= self.iterations <= 20:
             raise ValueError(f"trained.iterations must be in [1, 20], got {self.iterations}")
+        if not 0.0 <= self.prior_weight <= 1.0:
+            raise ValueError(f"trained.prior_weight must be in [0, 1], got {self.prior_weight}")
 
 
 VOC_FOREGROUND = (

@@ -8,10 +8,11 @@ are pre-annotated again (see :mod:`pipeline.preannotate.stage`).
 
 Refinement (``preannotate.trained.refine``, default ``grabcut``): a small model trained on a few hundred
 corrections knows *where* the object is but draws a coarse, low-resolution edge. With ``refine: grabcut``
-the model's probability becomes the prior of OpenCV GrabCut instead of GrabCut's border prior
-(:func:`prior_labels`): on the same ``work_side`` copy the ``grabcut`` pre-annotator uses, pixels with
-probability ``>= sure_fg`` are definite foreground, ``< sure_bg`` definite background, the rest probable
-foreground/background on either side of the checkpoint's threshold. GrabCut then fits colour models to
+the model's probability becomes the prior of OpenCV GrabCut. On the same ``work_side`` copy the ``grabcut``
+pre-annotator uses, the prior is ``prior_weight`` x the model's probability + (1 - ``prior_weight``) x the
+``grabcut`` pre-annotator's own probability (its border prior, :func:`fused_prior`); pixels whose prior is
+``>= sure_fg`` are definite foreground, ``< sure_bg`` definite background, the rest probable
+foreground/background on either side of the checkpoint's threshold (:func:`prior_labels`). GrabCut then fits colour models to
 that start and cuts along colour edges; the result goes back to full size with the ``grabcut``
 pre-annotator's edge-aware upsampling (:func:`pipeline.preannotate.grabcut.upsample_refine`, configured by
 ``preannotate.grabcut``). ``refine: none`` thresholds the model's probability directly.
@@ -82,6 +83,20 @@ def prior_labels(prob: np.ndarray, threshold: float, sure_bg: float, sure_fg: fl
     return labels
 
 
+def fused_prior(small: np.ndarray, prob_model: np.ndarray, weight: float, grabcut_params: GrabCutParams) -> np.ndarray:
+    """The prior for refinement, float32 ``(h, w)`` in [0, 1]: ``weight`` x the model's probability
+    ``prob_model`` + (1 - ``weight``) x the ``grabcut`` pre-annotator's probability on ``small`` (RGB uint8
+    ``(h, w, 3)``, the work-size copy; border-prior GrabCut). ``weight`` 1 skips GrabCut's border prior."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"prior weight must be in [0, 1], got {weight}")
+    if weight >= 1.0:
+        return prob_model.astype(np.float32)
+    from pipeline.preannotate import grabcut as gc
+
+    _mask, prob_border = gc.segment(small, grabcut_params)
+    return (weight * prob_model + (1.0 - weight) * prob_border).astype(np.float32)
+
+
 def refine_with_grabcut(
     image: np.ndarray, prob_small: np.ndarray, small: np.ndarray, threshold: float, params: TrainedParams,
     grabcut_params: GrabCutParams,
@@ -89,9 +104,9 @@ def refine_with_grabcut(
     """Model-seeded GrabCut: (mask uint8 {0, 255}, probability float32 [0, 1]), both ``(H, W)`` of ``image``.
 
     ``image``: the full RGB uint8 ``(H, W, 3)`` photo; ``small``: its ``work_side`` copy ``(h, w, 3)``;
-    ``prob_small``: the model's probability float32 ``(h, w)`` on ``small``. When the prior has no
+    ``prob_small``: the prior (model or :func:`fused_prior`) float32 ``(h, w)`` on ``small``. When the prior has no
     foreground or no background pixel (GrabCut cannot fit two colour models), the model's thresholded
-    probability is used unrefined. The probability is the mean of the model's and the refined mask's
+    prior is used unrefined. The probability is the mean of the prior and the refined mask's
     (edge-aware, soft) maps, kept on the mask's side of 0.5 so ``probability >= 0.5`` is exactly the mask.
     """
     from pipeline.preannotate import grabcut as gc
@@ -161,8 +176,9 @@ class TrainedPreannotator:
         small = downscale(downscale(image, self.grabcut_params.refine_side), self.grabcut_params.work_side)
         if min(small.shape[:2]) < 8:
             raise ValueError(f"image {image.shape[1]}x{image.shape[0]} is too small to refine (needs >= 8 px a side)")
-        prob_small = segmenter.predict_probability(self.model, self.meta, small, self.device)
+        prob_model = segmenter.predict_probability(self.model, self.meta, small, self.device)
+        prior = fused_prior(small, prob_model, self.params.prior_weight, self.grabcut_params)
         mask, prob = refine_with_grabcut(
-            image, prob_small, small, float(self.meta.threshold), self.params, self.grabcut_params
+            image, prior, small, float(self.meta.threshold), self.params, self.grabcut_params
         )
         return PreannotationResult(mask=mask, probability=prob, confidence=confidence_from(prob, mask))

@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.params import Paths
 from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext, TrainedParams
-from pipeline.preannotate.trained import TrainedPreannotator, prior_labels, refine_with_grabcut
+from pipeline.preannotate.trained import TrainedPreannotator, fused_prior, prior_labels, refine_with_grabcut
 from tests.preannotate.conftest import object_on_background
 
 
@@ -36,7 +36,8 @@ def test_prior_labels_rejects_unordered_thresholds() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"refine": "crf"}, "refine must be grabcut or none"), ({"sure_bg": 0.6, "sure_fg": 0.5}, "sure_bg < sure_fg"),
-     ({"sure_fg": 1.5}, "sure_bg < sure_fg"), ({"iterations": 0}, "iterations")],
+     ({"sure_fg": 1.5}, "sure_bg < sure_fg"), ({"iterations": 0}, "iterations"),
+     ({"prior_weight": 1.2}, "prior_weight"), ({"prior_weight": -0.1}, "prior_weight")],
 )
 def test_trained_params_errors(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -56,6 +57,21 @@ def test_refinement_snaps_a_coarse_prior_to_the_object() -> None:
     assert p.shape == (h, w) and p.dtype == np.float32
     assert np.array_equal(p >= 0.5, mask > 0)
     assert _iou(mask > 0, gt) > 0.95 > _iou(plain, gt) + 0.05
+
+
+def test_fused_prior_mixes_model_and_border_prior() -> None:
+    from pipeline.preannotate.grabcut import segment
+
+    image, gt = object_on_background(60, 80)
+    model = np.full(gt.shape, 0.2, np.float32)
+    assert np.array_equal(fused_prior(image, model, 1.0, GrabCutParams()), model)
+    _mask, border = segment(image, GrabCutParams())
+    mixed = fused_prior(image, model, 0.25, GrabCutParams())
+    assert mixed.dtype == np.float32 and mixed.shape == gt.shape
+    np.testing.assert_allclose(mixed, 0.25 * model + 0.75 * border, atol=1e-6)
+    assert mixed[gt].mean() > 0.5 > mixed[~gt].mean()  # the border prior finds the ellipse
+    with pytest.raises(ValueError, match="prior weight"):
+        fused_prior(image, model, 1.5, GrabCutParams())
 
 
 def test_refinement_without_foreground_falls_back_to_the_model() -> None:
@@ -92,9 +108,10 @@ def test_trained_preannotator_predicts_full_size(promoted: Paths, refine: str) -
 def test_version_changes_with_refinement_settings(promoted: Paths) -> None:
     versions = {
         TrainedPreannotator(PreannotateParams(model="trained", device="cpu", trained=t), promoted).spec.version
-        for t in (TrainedParams(), TrainedParams(refine="none"), TrainedParams(sure_fg=0.95))
+        for t in (TrainedParams(), TrainedParams(refine="none"), TrainedParams(sure_fg=0.95),
+                  TrainedParams(prior_weight=1.0))
     }
-    assert len(versions) == 3
+    assert len(versions) == 4
 
 
 def test_checkpoint_threshold_outside_sure_band_is_an_error(tmp_path: Path) -> None:
