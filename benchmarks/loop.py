@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--refine", choices=("grabcut", "none"), default=None,
+                    help="round-1 refinement (default: preannotate.trained.refine in params.yaml)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the project in this folder")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -129,7 +131,15 @@ def main() -> None:
     t0 = time.perf_counter()
     round1: dict[str, np.ndarray] = {}
     try:
-        trained = build_preannotator("trained", PreannotateParams(model="trained"), paths)
+        from dataclasses import replace
+
+        from pipeline.params import load_section
+
+        p1 = load_section(params_path, "preannotate", PreannotateParams)
+        tparams = p1.trained if args.refine is None else replace(p1.trained, refine=args.refine)
+        p1 = replace(p1, model="trained", device="cpu", threads=args.threads, trained=tparams)
+        refine = p1.trained.refine
+        trained = build_preannotator("trained", p1, paths)
         via = "registry"
 
         def predict1(i: str) -> np.ndarray:
@@ -139,6 +149,7 @@ def main() -> None:
 
         model, meta = load_segmenter(result.model_path, "cpu")
         via = "segmenter"
+        refine = "none"
 
         def predict1(i: str) -> np.ndarray:
             prob = predict_probability(model, meta, io.read_image(src_of[i]), "cpu")
@@ -147,18 +158,21 @@ def main() -> None:
         round1[i] = predict1(i)
     t_round1 = time.perf_counter() - t0
 
-    def figures(pred: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    def figures(pred: dict[str, np.ndarray]) -> tuple[float, float, float, float]:
         eff = [correction_effort(pred[i], gt[i]) for i in holdout]
-        return (float(np.mean([e.iou for e in eff])), float(np.mean([e.unchanged for e in eff])),
+        ious = [e.iou for e in eff]
+        return (float(np.mean(ious)), float(np.median(ious)), float(np.mean([e.unchanged for e in eff])),
                 float(np.mean([e.pixels_changed for e in eff])))
 
-    iou0, acc0, px0 = figures(round0)
-    iou1, acc1, px1 = figures(round1)
+    iou0, med0, acc0, px0 = figures(round0)
+    iou1, med1, acc1, px1 = figures(round1)
     total = time.perf_counter() - t_start
     print(f"held-out items: {len(holdout)}; trained on {metrics['n_train']} (+{metrics['n_val']} val); "
           f"dataset {summary['version']}; promoted sha256 {promoted['checkpoint_sha256'][:12]}; round 1 via {via}")
-    print(f"round 0 grabcut : IoU {iou0:.4f}  accepted unchanged {acc0:.3f}  pixels changed {px0:,.0f}")
-    print(f"round 1 trained : IoU {iou1:.4f}  accepted unchanged {acc1:.3f}  pixels changed {px1:,.0f}")
+    print(f"round 0 grabcut : IoU mean {iou0:.4f} median {med0:.4f}  accepted unchanged {acc0:.3f}  "
+          f"pixels changed {px0:,.0f}")
+    print(f"round 1 trained : IoU mean {iou1:.4f} median {med1:.4f}  accepted unchanged {acc1:.3f}  "
+          f"pixels changed {px1:,.0f}  (refine: {refine})")
     print(f"times: round0 {t_round0:.1f}s export {t_export:.1f}s train {t_train:.1f}s round1 {t_round1:.1f}s")
     failures = []
     if not iou1 > iou0:
@@ -174,6 +188,7 @@ def main() -> None:
         {
             "holdout": len(holdout), "n_train": metrics["n_train"], "epochs": args.epochs,
             "resolution": args.resolution, "iou_round0": iou0, "iou_round1": iou1,
+            "iou_median_round0": med0, "iou_median_round1": med1,
             "accepted_round0": acc0, "accepted_round1": acc1, "pixels_changed_round0": px0,
             "pixels_changed_round1": px1, "val_iou": metrics["val_iou"], "train_s": t_train, "total_s": total,
         },
