@@ -4,14 +4,16 @@ round's correction effort?
 Round 0: every item is pre-annotated with ``grabcut`` (the weight-free default, via the pre-annotator
 registry). The ground-truth masks of a training subset act as the humans' corrections (pulled corrections +
 verified curated masks). Then the real stages run: export -> train -> promote. Round 1: the held-out items
-(never seen in training) are pre-annotated with the promoted ``trained`` model (through the registry when
-``pipeline.preannotate.trained`` exists, else :mod:`pipeline.segmenter` directly).
+(never seen in training) are pre-annotated with the promoted ``trained`` model through the registry, with the
+``preannotate`` settings of params.yaml (``preannotate.trained.refine: grabcut`` by default: the model's
+probability, fused with GrabCut's border prior, seeds GrabCut; ``--refine none`` scores the raw model).
 
 Figures on the held-out items, round 0 vs round 1: mean IoU against ground truth (= IoU(pre-annotation,
 correction), since the ground truth is the correction), fraction accepted unchanged, mean pixels changed.
 Targets: round 1 beats round 0 on IoU and on pixels changed; whole run < 20 min.
 
     .venv/bin/python benchmarks/loop.py [--n-holdout 50] [--epochs 60] [--resolution 64] [--lr 3e-3]
+                                        [--refine grabcut|none] [--keep DIR]
 """
 
 from __future__ import annotations
