@@ -1,8 +1,10 @@
 """The ``maskloop`` command line: every stage plus status and the human-facing commands.
 
 Stage commands (``maskloop ingest``, ``maskloop curate``...) are what ``dvc.yaml`` runs; each reads
-its section of ``params.yaml`` and runs on the per-item runner. Modules are imported only when their
-command runs, so ``maskloop --help`` stays fast.
+its section of ``params.yaml`` and runs on the per-item runner. Implementation modules are imported only
+when their command runs, and the other commands' modules are registered only when the invocation needs them
+(``maskloop pull`` imports the annotation module alone, ``maskloop --help`` all of them): ``dvc repro`` runs
+``pull`` every time, so its start-up time is part of every no-op ``dvc repro``.
 """
 
 from __future__ import annotations
@@ -63,8 +65,19 @@ STAGES: dict[str, tuple[str, str]] = {
     "evaluate": ("pipeline.evaluate", "Test-split IoU/F/boundary F/MAE and correction effort per model version."),
 }
 
-# Modules exposing register(app) for commands that are not plain stages (push, pull, review, ...).
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.status", "pipeline.review_cmd", "pipeline.annotation.stages", "pipeline.promote", "pipeline.evaluate_matting", "pipeline.preannotate.prompt_cmd", "qa.command")
+# Commands that are not plain stages -> the module whose register(app) adds them (and its sibling commands).
+COMMANDS: dict[str, str] = {
+    "status": "pipeline.status",
+    "push": "pipeline.annotation.stages",
+    "pull": "pipeline.annotation.stages",
+    "review": "pipeline.review_cmd",
+    "review-export": "pipeline.review_cmd",
+    "qa-check": "qa.command",
+    "sam-prompt": "pipeline.preannotate.prompt_cmd",
+    "evaluate-matting": "pipeline.evaluate_matting",
+    "promote": "pipeline.promote",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -109,5 +122,30 @@ def _make_stage_command(name: str, module: str, help_text: str) -> None:
 for _name, (_module, _help) in STAGES.items():
     _make_stage_command(_name, _module, _help)
 
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
+_registered: set[str] = set()
+
+
+def modules_for(argv: list[str]) -> tuple[str, ...]:
+    """Command modules an invocation needs: the invoked command's own module, none for a stage, and all of them
+    for ``--help``, a bare ``maskloop`` or anything unrecognised (so typer can list or suggest every command)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] in STAGES:
+        return ()
+    if words and words[0] in COMMANDS:
+        return (COMMANDS[words[0]],)
+    return COMMAND_MODULES
+
+
+def register_commands(argv: list[str] | None = None) -> typer.Typer:
+    """Add the non-stage commands ``argv`` needs (all when ``argv`` is None) to ``app`` and return it."""
+    for module in COMMAND_MODULES if argv is None else modules_for(argv):
+        if module not in _registered:
+            importlib.import_module(module).register(app)
+            _registered.add(module)
+    return app
+
+
+def run() -> None:
+    """Console-script entry point (``maskloop``)."""
+    register_commands(sys.argv[1:])
+    app()

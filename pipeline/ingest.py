@@ -26,7 +26,7 @@ import pandas as pd
 from pipeline import io
 from pipeline.items import MANIFEST_COLUMNS, STATUS_OK, STATUS_QUARANTINED, item_id_from_digest
 from pipeline.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, run_stage
+from pipeline.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, hash_file, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +89,20 @@ def scan(raw: Path, params: IngestParams) -> Iterator[RawFile]:
 
 
 def process(work: WorkItem, params: IngestParams, _resource: Any) -> ItemResult:
-    """Validate one file by decoding it fully; the record describes the item."""
+    """Validate one file by decoding it fully; the record describes the item. The item id comes from the
+    content digest the runner already computed for the file's fingerprint (the bytes are hashed once)."""
     path = work.input("file")
-    data = path.read_bytes()
+    digest = work.inputs["file"].digest or hash_file(path)
     _, info = io.load_image(path, max_pixels=params.max_pixels)
     return ItemResult(
         record={
             "rel": work.data["rel"],
-            "item_id": item_id_from_digest(hashlib.sha256(data).hexdigest()),
+            "item_id": item_id_from_digest(digest),
             "width": info.width,
             "height": info.height,
             "orientation": info.orientation,
             "mode": info.mode,
-            "bytes": len(data),
+            "bytes": path.stat().st_size,
         }
     )
 

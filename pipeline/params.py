@@ -11,6 +11,7 @@ around never changes a stage's fingerprint; the algorithm parameters of a stage 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,20 +33,33 @@ class ParamsError(ValueError):
     """A ``params.yaml`` problem: missing section, unknown key, wrong type or value."""
 
 
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
+_parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def read_params_file(path: Path) -> dict[str, Any]:
-    """Read a params YAML file into a dict; a clear :class:`ParamsError` when it cannot."""
+    """Read a params YAML file into a dict; a clear :class:`ParamsError` when it cannot.
+
+    Parsed once per process and file version (path, mtime, size); every call returns its own copy."""
     path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _parsed:
+        try:
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        except yaml.YAMLError as exc:
+            raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ParamsError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        _parsed[key] = data
+    return copy.deepcopy(_parsed[key])
 
 
 def load_section(path: Path, section: str, cls: type[T]) -> T:

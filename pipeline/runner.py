@@ -37,7 +37,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -64,7 +64,8 @@ class SetupFailed(RuntimeError):
 @dataclass(frozen=True)
 class FileInput:
     """An input file of an item. ``digest`` may be given when the content hash is already known
-    (e.g. the item id of a source image); otherwise the runner hashes the file."""
+    (e.g. the item id of a source image); otherwise the runner hashes the file. Inside ``process`` it is
+    always set (SHA-256 hex of the bytes), so a stage never needs to hash an input again."""
 
     path: Path
     digest: str | None = None
@@ -340,7 +341,9 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
             return ItemOutcome(work.key, "failed", f"setup failed: {type(exc).__name__}: {exc}",
                                time.perf_counter() - t0, True, fatal=True)
         try:
-            result = stage.process(work, stage.params, resource)
+            # process sees every input's content digest (hashed once, here): FileInput.digest is always set
+            hashed = {n: FileInput(Path(f.path), digests[n]) for n, f in work.inputs.items()}
+            result = stage.process(replace(work, inputs=hashed), stage.params, resource)
             files = {_safe_rel(stage, k): v for k, v in result.files.items()}
             record = dict(result.record)
         except Exception as exc:  # failures are data: recorded per item

@@ -77,15 +77,16 @@ def read_receipt(path: Path) -> list[ReceiptRow]:
     """Rows of a receipt table (empty when it does not exist yet)."""
     if not Path(path).is_file():
         return []
-    df = io.read_parquet(path)
-    missing = set(RECEIPT_COLUMNS) - set(df.columns) - {"server_version"}
+    import pyarrow.parquet as pq
+
+    missing = set(RECEIPT_COLUMNS) - set(pq.read_schema(path).names) - {"server_version"}
     if missing:
         raise UserError(f"{path}: receipt lacks columns {sorted(missing)}")
-    return [ReceiptRow(item_id=str(r.item_id), backend=str(r.backend), project_id=str(r.project_id),
-                       task_id=str(r.task_id), frame=int(r.frame), prediction_digest=str(r.prediction_digest),
-                       model_version=str(r.model_version), pushed_digest=str(r.pushed_digest), status=str(r.status),
-                       server_version=str(getattr(r, "server_version", "") or ""))
-            for r in df.itertuples(index=False)]
+    return [ReceiptRow(item_id=str(r["item_id"]), backend=str(r["backend"]), project_id=str(r["project_id"]),
+                       task_id=str(r["task_id"]), frame=int(r["frame"]), prediction_digest=str(r["prediction_digest"]),
+                       model_version=str(r["model_version"]), pushed_digest=str(r["pushed_digest"]),
+                       status=str(r["status"]), server_version=str(r.get("server_version") or ""))
+            for r in io.read_records(path)]
 
 
 def write_receipt(path: Path, rows: Sequence[ReceiptRow]) -> None:
@@ -195,12 +196,19 @@ def _lead(c: Correction) -> float:
 
 def apply_pull(paths: Paths, outcome: PullOutcome, backend_name: str) -> dict[str, Any]:
     """Write the corrections of ``outcome`` (newer-wins, atomic mask writes) and return the counts."""
+    root = Path(paths.corrections)
+    table = corrections_path(paths)
+    if not (outcome.corrections or outcome.problems or outcome.skipped or outcome.deleted_tasks) and table.is_file():
+        # Nothing came back: the stored corrections stand as they are. No table is rewritten and pandas is not
+        # imported, so the `pull` that every `dvc repro` runs costs well under a second when nobody annotated.
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        return {"backend": backend_name, "corrections": 0, "written": 0, "kept_newer": 0,
+                "total": io.count_rows(table), "skipped": {}, "deleted_tasks": [], "problems": [],
+                "disagreements": 0}
     import pandas as pd
 
     from pipeline.items import ok_items
 
-    root = Path(paths.corrections)
-    table = corrections_path(paths)
     stored = _read_corrections(table)
     sizes = {i.item_id: (i.height, i.width) for i in ok_items(paths.manifest)} if Path(paths.manifest).is_file() else {}
     written, kept_newer, problems = 0, 0, [f"task {p.task_id}: {p.reason}" for p in outcome.problems]

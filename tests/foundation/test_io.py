@@ -180,3 +180,20 @@ def test_parquet_and_json_are_deterministic(tmp_path: Path) -> None:
     assert (tmp_path / "m.json").read_text() == '{\n  "a": 0.5,\n  "b": 1\n}\n'
     with pytest.raises(FileNotFoundError, match="table not found"):
         io.read_parquet(tmp_path / "missing.parquet")
+
+
+def test_records_and_row_count_without_pandas(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"item_id": ["a", "b", "c"], "frame": [0, 1, 2], "score": [0.5, float("nan"), 1.0]})
+    io.write_parquet(tmp_path / "t.parquet", df)
+    rows = io.read_records(tmp_path / "t.parquet")
+    assert [r["item_id"] for r in rows] == ["a", "b", "c"] and rows[2] == {"item_id": "c", "frame": 2, "score": 1.0}
+    assert io.read_records(tmp_path / "t.parquet", columns=["frame"]) == [{"frame": 0}, {"frame": 1}, {"frame": 2}]
+    assert io.count_rows(tmp_path / "t.parquet") == 3
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    for fn in (io.read_records, io.count_rows):
+        with pytest.raises(ValueError, match=r"bad\.parquet: cannot read Parquet table"):
+            fn(tmp_path / "bad.parquet")
+    with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
+        io.read_records(tmp_path / "missing.parquet")

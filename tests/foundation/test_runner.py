@@ -169,6 +169,21 @@ def test_outputs_outside_root_and_duplicate_keys_are_refused(ws: dict[str, Path]
         WorkItem(key="../x")
 
 
+def _digest_record(work: WorkItem, params: Any, resource: Any) -> ItemResult:
+    return ItemResult(record={"digest": work.inputs["image"].digest})
+
+
+def test_process_sees_the_content_digest_the_runner_computed(ws: dict[str, Path]) -> None:
+    import hashlib
+
+    paths = make_inputs(ws["inp"], 2)
+    stage = Stage(name="dig", version="1", params=slow.DimParams(), root=ws["out"], process=_digest_record,
+                  state_root=ws["state"])
+    r = run_stage(stage, slow.works_for(ws["inp"]), RunnerParams(workers=1, progress=False))
+    got = sorted(rec["digest"] for rec in r.record_map().values())
+    assert got == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
+
+
 def test_missing_input_is_an_item_failure(ws: dict[str, Path]) -> None:
     make_inputs(ws["inp"], 2)
     works = [*slow.works_for(ws["inp"]), WorkItem("ghost", {"image": FileInput(ws["inp"] / "ghost.png")})]
