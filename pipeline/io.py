@@ -395,10 +395,19 @@ def read_records(path: Path, columns: list[str] | None = None) -> list[dict[str,
 
 def count_rows(path: Path) -> int:
     """Number of rows of a Parquet table, from its footer (the data is not read)."""
+    return int(_footer(path).num_rows)
+
+
+def table_columns(path: Path) -> list[str]:
+    """Column names of a Parquet table, from its footer (the data is not read)."""
+    return list(_footer(path).schema.to_arrow_schema().names)
+
+
+def _footer(path: Path) -> Any:
     import pyarrow.parquet as pq
 
     try:
-        return int(pq.read_metadata(path).num_rows)
+        return pq.read_metadata(path)
     except FileNotFoundError:
         raise
     except Exception as exc:

@@ -42,12 +42,9 @@ def read_params_file(path: Path) -> dict[str, Any]:
 
     Parsed once per process and file version (path, mtime, size); every call returns its own copy."""
     path = Path(path)
-    try:
-        st = path.stat()
-    except OSError:
-        st = None
-    if st is None or not path.is_file():
+    if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _parsed:
         try:

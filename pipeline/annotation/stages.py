@@ -77,9 +77,7 @@ def read_receipt(path: Path) -> list[ReceiptRow]:
     """Rows of a receipt table (empty when it does not exist yet)."""
     if not Path(path).is_file():
         return []
-    import pyarrow.parquet as pq
-
-    missing = set(RECEIPT_COLUMNS) - set(pq.read_schema(path).names) - {"server_version"}
+    missing = set(RECEIPT_COLUMNS) - set(io.table_columns(path)) - {"server_version"}
     if missing:
         raise UserError(f"{path}: receipt lacks columns {sorted(missing)}")
     return [ReceiptRow(item_id=str(r["item_id"]), backend=str(r["backend"]), project_id=str(r["project_id"]),

@@ -191,8 +191,9 @@ def test_records_and_row_count_without_pandas(tmp_path: Path) -> None:
     assert [r["item_id"] for r in rows] == ["a", "b", "c"] and rows[2] == {"item_id": "c", "frame": 2, "score": 1.0}
     assert io.read_records(tmp_path / "t.parquet", columns=["frame"]) == [{"frame": 0}, {"frame": 1}, {"frame": 2}]
     assert io.count_rows(tmp_path / "t.parquet") == 3
+    assert io.table_columns(tmp_path / "t.parquet") == ["item_id", "frame", "score"]
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
-    for fn in (io.read_records, io.count_rows):
+    for fn in (io.read_records, io.count_rows, io.table_columns):
         with pytest.raises(ValueError, match=r"bad\.parquet: cannot read Parquet table"):
             fn(tmp_path / "bad.parquet")
     with pytest.raises(FileNotFoundError, match=r"missing\.parquet"):
