@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test install system-deps lint typecheck pytest clean-state
+.PHONY: demo test install system-deps lint typecheck pytest clean-state fresh-check
 
 ## install: the project venv at .venv (skipped when pyproject.toml has not changed)
 install: $(STAMP)
@@ -37,6 +37,11 @@ pytest: $(STAMP)
 
 ## test: everything the tests need, then ruff, mypy and pytest
 test: $(STAMP) system-deps lint typecheck pytest
+
+## fresh-check: `make test` in a clean clone of HEAD with a fresh TMPDIR and fresh tool caches (run it before
+## landing a change to the tests or their set-up; see scripts/fresh_check.sh)
+fresh-check:
+	bash scripts/fresh_check.sh
 
 clean-state:
 	rm -rf .maskloop

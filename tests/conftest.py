@@ -1,25 +1,86 @@
-"""Fixtures shared by every test folder: the real evaluation data, a scratch maskloop project."""
+"""Fixtures shared by every test folder: the real evaluation data, a scratch maskloop project, prerequisites.
+
+The suite depends on nothing outside the clone and its temp dir: this module points the per-user state of the
+tools the tests drive (DVC's site cache and global config, XDG caches) into a fresh folder under the temp dir
+before anything else runs, and every server binds a free loopback port.
+
+Prerequisites that ``make test`` installs or provides (``../shared/data``, Ray, Chromium, the Label Studio
+server) are checked with :func:`require`: outside CI a missing one skips the test with the reason; under
+``CI=true`` it fails the test with the same message, so nothing skips silently in CI.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 SHARED_DATA = Path(os.environ.get("MASKLOOP_SHARED_DATA", REPO.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+CHROMIUM = Path(os.environ.get("MASKLOOP_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _isolate_user_state() -> None:
+    """Per-user state of DVC and other tools in a fresh folder under the temp dir (inherited by subprocesses),
+    so neither leftovers of earlier runs nor a user's own config can change a test's outcome."""
+    if os.environ.get("MASKLOOP_TEST_STATE"):  # already isolated (a subprocess of the suite)
+        return
+    base = Path(tempfile.mkdtemp(prefix="maskloop-test-state-"))
+    dirs = {"DVC_SITE_CACHE_DIR": "dvc-site", "DVC_GLOBAL_CONFIG_DIR": "dvc-global",
+            "DVC_SYSTEM_CONFIG_DIR": "dvc-system", "XDG_CACHE_HOME": "xdg-cache", "XDG_CONFIG_HOME": "xdg-config"}
+    for var, name in dirs.items():
+        (base / name).mkdir()
+        os.environ[var] = str(base / name)
+    os.environ["MASKLOOP_TEST_STATE"] = str(base)
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
+_isolate_user_state()
+
+
+def missing(reason: str) -> NoReturn:
+    """A prerequisite that ``make test`` installs or provides is absent: skip outside CI, fail under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require(ok: bool, reason: str) -> None:
+    """:func:`missing` when ``ok`` is false."""
+    if not ok:
+        missing(reason)
+
+
+def require_chromium() -> Path:
+    """Debian's Chromium (installed by ``make test``'s system-deps step)."""
+    require(CHROMIUM.is_file(), f"Chromium not found at {CHROMIUM}: `make system-deps` installs it "
+                                "(apt-get install chromium chromium-driver)")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (servers started by tests never use fixed ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (real photos with ground truth); tests that need it skip when it is absent."""
-    if not (SHARED_DATA / "ecssd-dev" / "images").is_dir():
-        pytest.skip(f"real evaluation data not found at {SHARED_DATA} (set MASKLOOP_SHARED_DATA)")
+    """``../shared/data`` (real photos with ground truth): skips outside CI when absent, fails under CI."""
+    require((SHARED_DATA / "ecssd-dev" / "images").is_dir(),
+            f"real evaluation data not found at {SHARED_DATA} (set MASKLOOP_SHARED_DATA)")
     return SHARED_DATA
 
 

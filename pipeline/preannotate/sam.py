@@ -336,7 +336,9 @@ class CachedSam:
 def logits_to_result(logits: np.ndarray, sam_iou: float, cached: bool) -> PreannotationResult:
     """SAM logits ``(H, W)`` -> result: probability = sigmoid, mask = probability >= 0.5."""
     prob = (1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -60.0, 60.0)))).astype(np.float32)
-    mask = np.where(logits >= 0.0, 255, 0).astype(np.uint8)
+    # derived from the stored float32 probability itself, so mask == (probability >= 0.5) holds by construction
+    # (a logit a hair below 0 rounds to exactly 0.5 in float32)
+    mask = np.where(prob >= 0.5, 255, 0).astype(np.uint8)
     iou = float(np.clip(sam_iou, 0.0, 1.0)) if math.isfinite(sam_iou) else math.nan
     return PreannotationResult(
         mask=mask, probability=prob, confidence=confidence_from(prob, mask, iou), sam_iou=iou, encoder_cached=cached

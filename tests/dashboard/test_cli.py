@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,6 +14,7 @@ import pandas as pd
 from dashboards.store import DecisionStore
 from pipeline.review_cmd import seed_from_export
 from qa.decisions import DECISION_COLUMNS
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,15 +81,9 @@ def test_review_bad_port_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "--port must be in 1..65535" in proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_review_serves_on_loopback_by_default(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    port = _free_port()
+    port = free_port()
     from tests.conftest import VENV_BIN
 
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,21 +24,12 @@ import pytest
 
 from dashboards.store import DecisionStore
 from pipeline import io
-from tests.conftest import VENV_BIN, copy_ecssd, maskloop
+from tests.conftest import CHROMIUM_ARGS, VENV_BIN, copy_ecssd, free_port, maskloop, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _has_stage(name: str) -> bool:
@@ -104,8 +94,7 @@ def _start_review(root: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path) -> None:
-    if not CHROMIUM.is_file():
-        pytest.skip("Chromium not installed: apt-get install -y chromium chromium-driver")
+    chromium = require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     root = pipeline_project
@@ -117,12 +106,12 @@ def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path)
     digest_before = io.read_parquet(root / "data/annotation/receipt.parquet").set_index("item_id")[
         "prediction_digest"]
 
-    port = _free_port()
+    port = free_port()
     server = _start_review(root, port)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1600, "height": 1250})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
             expect(page.get_by_role("heading", name="Review queue")).to_be_visible(timeout=60_000)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 import requests
 
 from pipeline import io
-from tests.conftest import REPO, maskloop
+from tests.conftest import REPO, free_port, maskloop, missing
 
 LS_BIN = REPO / ".lsvenv" / "bin" / "label-studio"
 TOKEN = "maskloop-test-token-4f2a"
@@ -31,12 +30,6 @@ EMAIL, PASSWORD = "admin@example.com", "admin12345"
 
 # ECSSD photos: 0018, 0026, 0034 have two parts and holes, 0005 has holes, the others are plain.
 NAMES = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0018", "0026", "0034")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -121,7 +114,7 @@ def _data_template(scratch: Path) -> Path:
         if not (TEMPLATE / "ready").exists():
             building = TEMPLATE.with_name(TEMPLATE.name + ".building")
             shutil.rmtree(building, ignore_errors=True)
-            port = _free_port()
+            port = free_port()
             first = Server(url=f"http://127.0.0.1:{port}", port=port, data_dir=building, document_root=scratch,
                            log_path=scratch / "first-start.log")
             building.mkdir()
@@ -136,12 +129,9 @@ def _data_template(scratch: Path) -> Path:
 @pytest.fixture(scope="session")
 def ls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not LS_BIN.exists():
-        msg = f"Label Studio is not installed at {LS_BIN}: run scripts/install_labelstudio.sh (make system-deps)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"Label Studio is not installed at {LS_BIN}: run scripts/install_labelstudio.sh (make system-deps)")
     root = tmp_path_factory.mktemp("labelstudio")
-    port = _free_port()
+    port = free_port()
     server = Server(url=f"http://127.0.0.1:{port}", port=port, data_dir=root / "data",
                     document_root=root / "docroot", log_path=root / "server.log")
     server.document_root.mkdir()

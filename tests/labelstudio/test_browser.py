@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline import io
-from tests.conftest import REPO
+from tests.conftest import CHROMIUM_ARGS, REPO, require_chromium
 from tests.labelstudio.conftest import EMAIL, PASSWORD, Server
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def _red_pixels(png: bytes) -> int:
@@ -25,8 +20,7 @@ def _red_pixels(png: bytes) -> int:
 
 
 def test_brush_prediction_renders_in_the_labeling_editor(ls_server: Server, ls_project_factory) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("chromium is not installed (scripts/install_system_deps.sh installs it)")
+    chromium = require_chromium()
     from playwright.sync_api import sync_playwright
 
     proj = ls_project_factory("browser-render", names=("0018", "0026"))
@@ -36,7 +30,7 @@ def test_brush_prediction_renders_in_the_labeling_editor(ls_server: Server, ls_p
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{ls_server.url}/user/login/", wait_until="domcontentloaded")
