@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,13 +52,19 @@ def noop(work: WorkItem, _params: Any, _resource: Any) -> ItemResult:
     return ItemResult(files={f"out/{work.key}.txt": work.key.encode()}, record={"k": work.key})
 
 
+_RAY_TEMP: list[str] = []
+
+
 def _start_cluster(cpus: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = 30000 + int.from_bytes(os.urandom(2), "big") % 20000
+    with socket.socket() as sock:  # a free loopback port
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    _RAY_TEMP[:] = [tempfile.mkdtemp(prefix="mlscale")]  # short (Ray's socket paths), under TMPDIR
     log = open(tmp / "ray-head.log", "wb")  # noqa: SIM115 - lives as long as the cluster
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
          f"--port={port}", f"--num-cpus={cpus}", "--num-gpus=0", "--include-dashboard=false",
-         f"--temp-dir=/tmp/mlscale{os.getpid()}"],
+         f"--temp-dir={_RAY_TEMP[0]}"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"127.0.0.1:{port}"
@@ -77,16 +84,19 @@ def _start_cluster(cpus: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def _stop_cluster(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    shutil.rmtree(f"/tmp/mlscale{os.getpid()}", ignore_errors=True)
+    try:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for temp in _RAY_TEMP:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _params_file(proj: Path, name: str, runner: dict[str, Any]) -> Path:
