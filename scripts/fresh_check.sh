@@ -22,7 +22,7 @@ commit=$(git -C "$src" rev-parse --verify "$ref^{commit}")
 shared=$(cd "$src/.." && pwd)/shared
 [ -d "$shared/data" ] || { echo "fresh_check: $shared/data not found (the evaluation data must lie beside the checkout)" >&2; exit 2; }
 
-root=$(mktemp -d "${FRESH_CHECK_DIR:-/tmp}/maskloop-fresh.XXXXXX")
+root=$(mktemp -d "${FRESH_CHECK_DIR:-/tmp}/mlfresh.XXXXXX")  # short: Unix socket paths live under it
 log="$root/fresh_check.log"
 git clone -q --no-hardlinks "$src" "$root/maskloop"
 git -C "$root/maskloop" checkout -q --detach "$commit"

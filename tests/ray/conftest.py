@@ -61,13 +61,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
+RAY_SOCKET_SUFFIX = len("/mlrayXXXXXXXX/session_2026-12-02_03-53-07_965134_4194304/sockets/plasma_store.1")
+
+
+def _short_temp_parent() -> str:
+    """TMPDIR when a Ray socket path under it fits Linux's 107-byte limit, else /tmp."""
+    parent = tempfile.gettempdir()
+    return parent if len(parent) + RAY_SOCKET_SUFFIX <= 107 else "/tmp"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Head node + one separate worker node (own raylet and worker processes), 1 CPU each."""
     tmp = tmp_path_factory.mktemp("raycluster")
-    # Ray's own temp root, fresh for this run and under the temp dir (TMPDIR): short, because Ray's socket
-    # paths must fit in 107 bytes. Ray writes <root>/ray/ray_current_cluster itself, so that folder must exist.
-    temp_dir = Path(tempfile.mkdtemp(prefix="mlray"))
+    # Ray's own temp root, fresh for this run. Ray writes <root>/ray/ray_current_cluster itself, so that folder
+    # must exist; and its socket paths (<root>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store.1) must fit
+    # in 107 bytes: under TMPDIR when that is short enough, else under /tmp (still a new, private folder).
+    temp_dir = Path(tempfile.mkdtemp(prefix="mlray", dir=_short_temp_parent()))
     (temp_dir / "ray").mkdir()
     os.environ["RAY_TMPDIR"] = str(temp_dir)  # the nodes, the drivers and the `maskloop` subprocesses
     address_file, log = tmp / "address", tmp / "cluster.log"
