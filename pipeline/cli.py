@@ -77,6 +77,7 @@ COMMANDS: dict[str, str] = {
     "evaluate-matting": "pipeline.evaluate_matting",
     "promote": "pipeline.promote",
     "models": "pipeline.commands.models",
+    "assist": "pipeline.commands.assist",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
