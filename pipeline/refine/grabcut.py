@@ -63,12 +63,15 @@ V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    """A small thread-safe LRU map (per-item engine state); ``get_or_make`` builds a missing entry once."""
+    """A small thread-safe LRU map (per-item engine state). ``get_or_make`` builds a missing entry once, even
+    when several threads ask for the same key at the same time (the others wait for it); different keys are
+    built concurrently."""
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._building: dict[K, threading.Lock] = {}
 
     def get_or_make(self, key: K, make: Callable[[], V]) -> tuple[V, bool]:
         """``(value, was_cached)``."""
@@ -76,12 +79,22 @@ class LruCache(Generic[K, V]):
             if key in self._data:
                 self._data.move_to_end(key)
                 return self._data[key], True
-        value = make()
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    return self._data[key], True
+            try:
+                value = make()
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
+            with self._lock:
+                self._data[key] = value
+                self._data.move_to_end(key)
+                while len(self._data) > self.size:
+                    self._data.popitem(last=False)
         return value, False
 
     def __len__(self) -> int:
