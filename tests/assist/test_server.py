@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -23,7 +24,7 @@ from pipeline.annotation.labelstudio_ml import AssistParams
 from pipeline.commands.assist import AssistService, create_app
 from pipeline.preannotate.base import CheckpointMissing
 from pipeline.refine import build_refiner
-from pipeline.refine.base import RefineParams, RefineResult, RefinerSpec
+from pipeline.refine.base import RefineParams, RefineResult, RefinerSpec, SamRefineParams
 from tests.assist.conftest import AssistProject, keypoint, pct, predict_body, rectangle
 from tests.conftest import free_port
 
@@ -201,6 +202,57 @@ def test_missing_weights_name_the_fetch_command_and_need_no_restart(assist_proje
         assert c.get("/health").json()["engine_loaded"] is False
         ready.set()
         assert c.post("/predict", json=predict_body(item, [keypoint(50, 50)])).status_code == 200
+
+
+def sam_service(project: AssistProject, checkpoint: Path, sam_cache: Path, arch: str = "vit_tiny") -> AssistService:
+    from dataclasses import replace
+
+    params = RefineParams(engine="sam", device="cpu", sam=SamRefineParams(arch=arch, checkpoint=checkpoint))  # type: ignore[arg-type]
+    paths = replace(project.paths, sam_cache=sam_cache)
+    return AssistService(AssistParams(enabled=True), paths, lambda: build_refiner("sam", params, paths), "sam",
+                         "foreground", project.root)
+
+
+def test_real_sam_engine_without_weights_names_the_fetch_command(assist_project: AssistProject, tmp_path: Path
+                                                                 ) -> None:
+    from starlette.testclient import TestClient
+
+    service = sam_service(assist_project, tmp_path / "sam_vit_b_01ec64.pth", tmp_path / "cache", arch="vit_b")
+    with TestClient(create_app(service)) as c:
+        r = c.post("/predict", json=predict_body(assist_project.item("0001"), [keypoint(50, 50)]))
+        assert r.status_code == 424, r.text
+        assert "maskloop models fetch sam_vit_b" in r.json()["message"]
+        assert c.get("/health").json() == {**c.get("/health").json(), "status": "UP", "engine_loaded": False}
+
+
+def test_sam_embedding_missing_from_the_cache_is_computed_once_then_cached(
+    assist_project: AssistProject, tiny_sam_checkpoint: Path, tmp_path: Path
+) -> None:
+    """No embedding for the item in paths.sam_cache: the first click runs the encoder and stores it; later
+    clicks (and a restarted server) read it."""
+    from starlette.testclient import TestClient
+
+    item = assist_project.item("0005")
+    gt = assist_project.gt[item]
+    h, w = gt.shape
+    pos, neg = interior(gt > 0), interior(gt == 0)
+    first = [keypoint(*pct(gt, pos), True, w, h)]
+    both = [*first, keypoint(*pct(gt, neg), False, w, h)]
+    service = sam_service(assist_project, tiny_sam_checkpoint, tmp_path / "cache")
+    with TestClient(create_app(service)) as c:
+        a = c.post("/predict", json=predict_body(item, first))
+        assert a.status_code == 200, a.text
+        engine = service.engine()
+        assert engine.encoder_calls == 1
+        assert (tmp_path / "cache" / engine.checkpoint_sha256[:16] / f"{item}.npy").is_file()
+        b = c.post("/predict", json=predict_body(item, both))
+        assert engine.encoder_calls == 1
+    mask = decode(b.json())
+    assert mask[pos[1], pos[0]] and not mask[neg[1], neg[0]]
+    restarted = sam_service(assist_project, tiny_sam_checkpoint, tmp_path / "cache")
+    with TestClient(create_app(restarted)) as c:
+        assert c.post("/predict", json=predict_body(item, both)).status_code == 200
+        assert restarted.engine().encoder_calls == 0
 
 
 # --------------------------------------------------------------------------- cache and concurrency
