@@ -17,6 +17,7 @@ parent's baseline plus ``runner.workers`` times that (docs/limits.md; checked by
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from PIL import Image
 
 from pipeline.io import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, _info, _open
 
@@ -44,10 +46,10 @@ def verify_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int
     """
     path = Path(path)
     with _open(path) as img:
-        info = _info(path, img, max_pixels, min_side)
-        if info.format == "PNG":
-            pass  # checked below, streamed, without Pillow's full-size decode
-        else:
+        is_png = img.format == "PNG"
+        # a PNG's orientation comes from the chunk walk below (Pillow would decode the whole image to find eXIf)
+        info = _info(path, img, max_pixels, min_side, orientation=1 if is_png else None)
+        if not is_png:
             try:
                 if info.format in ("JPEG", "MPO"):
                     w, h = img.size
@@ -56,9 +58,26 @@ def verify_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int
             except (OSError, ValueError, SyntaxError, struct.error) as exc:
                 raise ImageError(path, f"cannot decode image data ({exc}); the file is probably truncated or corrupt",
                                  "corrupt") from exc
-    if info.format == "PNG":
-        verify_png(path)
+    if is_png:
+        orientation = exif_orientation(verify_png(path))
+        if orientation != 1:
+            swap = orientation in (5, 6, 7, 8)
+            info = dataclasses.replace(info, orientation=orientation, width=info.height if swap else info.width,
+                                       height=info.width if swap else info.height)
     return info
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The EXIF orientation tag (1..8) of a raw EXIF block (1 when absent or malformed)."""
+    if not exif:
+        return 1
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        value = parsed.get(0x0112, 1)
+    except Exception:  # malformed EXIF must not make a good image unusable (as pipeline.io does)
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _row_lengths(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> list[tuple[int, int]]:
@@ -111,10 +130,11 @@ def _read_exact(fh: BinaryIO, n: int) -> bytes:
     return data if len(data) == n else b""
 
 
-def verify_png(path: Path) -> None:
-    """Walk the chunks of a PNG file: CRC-32 of every chunk, a complete zlib stream of exactly the right size with
-    valid row filters, and an IEND chunk. Raises :class:`~pipeline.io.ImageError` (``corrupt``) naming the file
-    and the first problem. Memory: about 1 MiB whatever the image size."""
+def verify_png(path: Path) -> bytes:
+    """Walk the chunks of a PNG file: CRC-32 of the critical chunks, a complete zlib stream of exactly the right
+    size with valid row filters, and an IEND chunk. Raises :class:`~pipeline.io.ImageError` (``corrupt``) naming
+    the file and the first problem; returns the eXIf chunk's payload (b"" when none or over 1 MiB). Memory: about
+    1 MiB whatever the image size."""
     path = Path(path)
 
     def bad(reason: str) -> ImageError:
@@ -125,6 +145,7 @@ def verify_png(path: Path) -> None:
             raise bad("missing PNG signature")
         inflater = zlib.decompressobj()
         checker: _ScanlineChecker | None = None
+        exif = exif_buf = b""
         index = 0
         while True:
             offset = fh.tell()
@@ -138,6 +159,8 @@ def verify_png(path: Path) -> None:
             crc = zlib.crc32(ctype)
             remaining = length
             ihdr = b""
+            keep_exif = ctype == b"eXIf" and length <= _PIECE
+            exif_buf = b""
             while remaining:
                 piece = fh.read(min(remaining, _PIECE))
                 if not piece:
@@ -146,6 +169,8 @@ def verify_png(path: Path) -> None:
                 crc = zlib.crc32(piece, crc)
                 if ctype == b"IHDR":
                     ihdr += piece
+                elif keep_exif:
+                    exif_buf += piece
                 elif ctype == b"IDAT":
                     if checker is None:
                         raise bad("IDAT chunk before IHDR")
@@ -164,6 +189,8 @@ def verify_png(path: Path) -> None:
                 if colour not in _CHANNELS or depth not in (1, 2, 4, 8, 16):
                     raise bad(f"unsupported colour type {colour} / bit depth {depth}")
                 checker = _ScanlineChecker(_row_lengths(width, height, _CHANNELS[colour] * depth, interlace == 1))
+            elif keep_exif and struct.unpack(">I", stored)[0] == crc:
+                exif = exif_buf
             elif ctype == b"IEND":
                 break
             index += 1
@@ -177,6 +204,7 @@ def verify_png(path: Path) -> None:
         raise bad("the compressed image data stops before its end (truncated or missing IDAT chunks)")
     if checker.seen != checker.expected:
         raise bad(f"image data holds {checker.seen:,} bytes, {checker.expected:,} expected for this size")
+    return exif
 
 
 def _inflate(inflater: zlib._Decompress, data: bytes, checker: _ScanlineChecker,

@@ -118,7 +118,9 @@ def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int 
         return _info(path, img, max_pixels, min_side)
 
 
-def _info(path: Path, img: Image.Image, max_pixels: int, min_side: int = 1) -> ImageInfo:
+def _info(path: Path, img: Image.Image, max_pixels: int, min_side: int = 1, orientation: int | None = None) -> ImageInfo:
+    """Header facts of ``img``; ``orientation`` given skips reading EXIF (for a PNG whose eXIf chunk may follow
+    the image data, Pillow's ``getexif`` decodes the whole image to find it)."""
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(path, f"invalid image size {w}x{h}", "corrupt")
@@ -130,7 +132,8 @@ def _info(path: Path, img: Image.Image, max_pixels: int, min_side: int = 1) -> I
     if min(w, h) < min_side:
         raise ImageError(path, f"image is {w}x{h}, below the minimum side of {min_side} px (ingest.min_side)",
                          "too_small")
-    orientation = _orientation(img)
+    if orientation is None:
+        orientation = _orientation(img)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return ImageInfo(width=w, height=h, orientation=orientation, mode=img.mode, format=img.format or "")

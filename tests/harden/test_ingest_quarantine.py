@@ -196,3 +196,24 @@ def test_png_check_agrees_with_libpng_on_random_damage(tmp_path: Path) -> None:
             except ImageError:
                 ours = False
             assert ours == libpng_ok, (at, ours, libpng_ok)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_png_orientation_without_decoding(tmp_path: Path, where: str) -> None:
+    """The PNG path reads the eXIf chunk during its chunk walk (before or after the image data) and reports the
+    same upright size and orientation as Pillow's full decode."""
+    from pipeline.io import probe_image
+    from tests.harden.pngs import chunk
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    block = exif.tobytes()
+    data = _png(np.zeros((20, 30, 3), np.uint8))
+    idat = data.index(b"IDAT") - 4
+    iend = data.index(b"IEND") - 4
+    at = idat if where == "before" else iend
+    path = tmp_path / "o.png"
+    path.write_bytes(data[:at] + chunk(b"eXIf", block) + data[at:])
+    info = verify_image(path)
+    assert (info.width, info.height, info.orientation) == (20, 30, 6)
+    assert info == probe_image(path)
