@@ -93,9 +93,9 @@ def test_stage_peak_follows_the_formula(files: dict[str, Path], tmp_path: Path) 
         (root / "raw").mkdir(parents=True)
         for f in raw_files:
             (root / "raw" / f.name).symlink_to(f)
-        write_params(root, f"paths:\n  raw: raw\n  manifest: out/m.parquet\n  ingest: out\n  reports: r\n"
-                           f"  state: s\nrunner:\n  workers: 2\n  progress: false\ningest:\n"
-                           f"  max_pixels: 100000000\n")
+        write_params(root, "paths:\n  raw: raw\n  manifest: out/m.parquet\n  ingest: out\n  reports: r\n"
+                           "  state: s\nrunner:\n  workers: 2\n  progress: false\ningest:\n"
+                           "  max_pixels: 100000000\n")
         script = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
                   "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)")
         proc = subprocess.run([sys.executable, "-c", script, str(VENV_BIN / "maskloop"), "ingest"], cwd=root,
