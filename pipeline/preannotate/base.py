@@ -59,7 +59,8 @@ OFFICIAL_WEIGHTS: dict[str, str] = {
     "deeplabv3/mobilenet_v3_large": "https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth",
     "trained": "no public weights: produced by `dvc repro train` and `maskloop promote` (models/promoted/model.pt)",
 }
-"""Where official weights are published, for error messages only (maskloop never downloads at run time)."""
+"""Where official weights are published, for error messages (`maskloop models fetch` downloads them on request;
+nothing is ever downloaded at run time)."""
 
 
 def require_checkpoint(path: Path, what: str, setting: str) -> Path:
@@ -68,13 +69,16 @@ def require_checkpoint(path: Path, what: str, setting: str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    from pipeline.core.weights import WEIGHTS
+
     where = OFFICIAL_WEIGHTS.get(what, "")
-    hint = f"official weights are published at {where}" if where.startswith("http") else where
+    name = what.replace("/", "_")
+    if name in WEIGHTS:
+        hint = f"get the official weights with `maskloop models fetch {name}` (from {where}, SHA-256 verified)"
+    else:
+        hint = where
     reason = "is a folder, not a file" if path.is_dir() else "not found"
-    raise CheckpointMissing(
-        f"{path}: {what} checkpoint {reason}; {hint} (download it yourself, maskloop never downloads weights) "
-        f"and set {setting} in params.yaml"
-    )
+    raise CheckpointMissing(f"{path}: {what} checkpoint {reason}; {hint}, or set {setting} in params.yaml")
 
 
 def load_torch_file(path: Path, what: str) -> Any:
