@@ -158,8 +158,12 @@ class GrabCutParams:
     refine_side: int = 1024
     refine_eps: float = 1e-3
     min_island_frac: float = 0.1
+    hypotheses: tuple[str, ...] = ("border", "rect")
 
     def __post_init__(self) -> None:
+        allowed = ("border", "salient", "rect")
+        if not self.hypotheses or len(set(self.hypotheses)) != len(self.hypotheses) or not set(self.hypotheses) <= set(allowed):
+            raise ValueError(f"grabcut.hypotheses must be distinct names from {list(allowed)}, got {list(self.hypotheses)}")
         if not 32 <= self.work_side <= 2048:
             raise ValueError(f"grabcut.work_side must be in [32, 2048], got {self.work_side}")
         if not 1 <= self.iterations <= 20:
@@ -312,7 +316,8 @@ class PreannotationResult:
 
     ``mask``: ``(H, W)`` uint8 exactly {0, 255}; ``probability``: ``(H, W)`` float32 in [0, 1] (foreground);
     ``confidence`` in [0, 1] (higher = surer); ``sam_iou``: SAM's predicted IoU of the chosen mask (NaN for
-    other models); ``encoder_cached``: whether SAM's embedding came from the cache.
+    other models); ``encoder_cached``: whether SAM's embedding came from the cache; ``note``: what the item's
+record should say about how the mask was made (e.g. a fallback to another hypothesis), ``""`` when nothing.
     """
 
     mask: np.ndarray
@@ -320,6 +325,7 @@ class PreannotationResult:
     confidence: float
     sam_iou: float = math.nan
     encoder_cached: bool = False
+    note: str = ""
 
     def __post_init__(self) -> None:
         m, p = self.mask, self.probability
