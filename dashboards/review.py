@@ -20,7 +20,7 @@ import streamlit as st
 
 from dashboards import data, render
 from dashboards.store import DecisionStore, StoreError
-from pipeline import io
+from pipeline.core import io
 
 log = logging.getLogger("dashboards.review")
 

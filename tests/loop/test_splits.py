@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import io
-from pipeline.splits import SplitItem, assign_splits, components, dhash, near_duplicate_groups
+from pipeline.core import io
+from pipeline.dataset.splits import SplitItem, assign_splits, components, dhash, near_duplicate_groups
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
