@@ -65,8 +65,8 @@ def make_project(root: Path, ecssd: Path, n: int, port: int, upscale: float, eng
     """Ingest and pre-annotate ``n`` ECSSD dev photos (upscaled by ``upscale``); item id -> ground truth."""
     import cv2
 
-    from pipeline import io
-    from pipeline.items import ok_items
+    from pipeline.core import io
+    from pipeline.core.items import ok_items
 
     raw = root / "data" / "raw" / "images"
     raw.mkdir(parents=True)
