@@ -88,6 +88,7 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in ("pipeline", "qa", "dashboards"):
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries are logged by annotation.http
 
 
 @app.callback()
