@@ -66,7 +66,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle  # noqa: N815
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
