@@ -76,6 +76,8 @@ COMMANDS: dict[str, str] = {
     "sam-prompt": "pipeline.preannotate.prompt_cmd",
     "evaluate-matting": "pipeline.evaluate_matting",
     "promote": "pipeline.promote",
+    "models": "pipeline.commands.models",
+    "assist": "pipeline.commands.assist",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
