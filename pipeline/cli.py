@@ -86,7 +86,10 @@ def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
+    from pipeline.secrets import RedactingFilter
+
     handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    handler.addFilter(RedactingFilter())  # no token, password or URL credential reaches the terminal
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in ("pipeline", "qa", "dashboards"):
         logging.getLogger(name).setLevel(level)

@@ -17,18 +17,19 @@ logged or written; every message built here goes through it.
 from __future__ import annotations
 
 import logging
-import re
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from pipeline.secrets import REDACTED, redact, register_secret, safe_url
+
+__all__ = ["IDEMPOTENT_METHODS", "REDACTED", "RETRY_STATUSES", "AmbiguousRequest", "HttpParams", "is_idempotent",
+           "make_retry", "make_session", "may_have_arrived", "redact", "register_secret", "safe_url"]
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -116,54 +117,4 @@ def may_have_arrived(exc: BaseException) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------- redaction
-
-_known: set[str] = set()
-_known_lock = threading.Lock()
-
-_URL_CREDS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<creds>[^/\s@:]+(?::[^/\s@]*)?)@")
-_AUTH_HEADER = re.compile(r"(?i)(?P<head>\b(?:authorization|proxy-authorization|x-api-key|cookie|set-cookie)"
-                          r"['\"]?\s*[:=]\s*['\"]?)(?P<value>[^'\"\r\n,}]+)")
-_SCHEME_TOKEN = re.compile(r"(?i)\b(?P<scheme>token|bearer|basic|jwt)\s+(?P<value>(?=[^\s]*\d)[A-Za-z0-9._~+/=-]{8,})")
-_SECRET_FIELD = re.compile(
-    r"(?i)(?P<head>['\"]?\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?token|refresh[_-]?token|"
-    r"access|refresh|key|sessionid|csrftoken|client[_-]?secret)\b['\"]?\s*[:=]\s*['\"]?)"
-    r"(?P<value>[^'\"\s,&}\]]+)"
-)
-
-
-def register_secret(value: str) -> None:
-    """Remember a secret value (a token, a password) so :func:`redact` removes it wherever it appears."""
-    if value and len(value) >= 4:
-        with _known_lock:
-            _known.add(value)
-
-
-def redact(text: object, extra: Iterable[str] = ()) -> str:
-    """``text`` without secrets: registered secret values, URL credentials (``user:password@``), the values of
-    ``Authorization``-like headers, ``Token``/``Bearer``/``Basic`` credentials and ``password``/``token``/
-    ``key``/``secret``... fields of JSON, form or query strings, each replaced by ``***``."""
-    out = str(text)
-    with _known_lock:
-        values = sorted({*_known, *(e for e in extra if e and len(e) >= 4)}, key=len, reverse=True)
-    for value in values:
-        out = out.replace(value, REDACTED)
-    out = _URL_CREDS.sub(lambda m: f"{m['scheme']}{REDACTED}@", out)
-    out = _AUTH_HEADER.sub(lambda m: f"{m['head']}{REDACTED}", out)
-    out = _SCHEME_TOKEN.sub(lambda m: f"{m['scheme']} {REDACTED}", out)
-    out = _SECRET_FIELD.sub(lambda m: f"{m['head']}{REDACTED}", out)
-    return out
-
-
-def safe_url(url: str) -> str:
-    """``url`` without ``user:password@`` (for messages); the URL itself is used unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+# redaction lives with the secrets (pipeline.secrets); re-exported here for the backends

@@ -21,7 +21,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 class Fault:
     method: str
     fragment: str
-    kind: str  # "drop" | "502"
+    kind: str  # "drop" | "502" | "echo400" (a 400 whose body echoes the request's headers, like some proxies)
     times: int = 1
     hits: int = 0
 
@@ -56,7 +56,12 @@ class FaultProxy:
                 self.close_connection = True
                 if fault is not None and fault.kind == "drop":
                     return  # the server acted; the client never hears about it
-                status, payload = (502, b"Bad Gateway") if fault is not None else (resp.status, data)
+                status, payload = (resp.status, data)
+                if fault is not None and fault.kind == "502":
+                    status, payload = 502, b"Bad Gateway"
+                elif fault is not None and fault.kind == "echo400":
+                    echo = "".join(f"{k}: {v}\n" for k, v in self.headers.items())
+                    status, payload = 400, f"bad request {self.path}\n{echo}".encode()
                 self.send_response(status)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP and fault is None:
