@@ -72,6 +72,7 @@ COMMANDS: dict[str, str] = {
     "pull": "pipeline.annotation.stages",
     "review": "pipeline.review_cmd",
     "review-export": "pipeline.review_cmd",
+    "review-users": "pipeline.commands.review_users",
     "qa-check": "qa.command",
     "sam-prompt": "pipeline.preannotate.prompt_cmd",
     "evaluate-matting": "pipeline.evaluate_matting",
