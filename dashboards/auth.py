@@ -65,7 +65,7 @@ def read_users(path: Path) -> dict[str, Reviewer]:
 
 def write_users(path: Path, users: dict[str, Reviewer]) -> None:
     """Atomically write ``users`` to ``path`` with mode 0600 (hashes only, never a token)."""
-    from pipeline import io
+    from pipeline.core import io
 
     text = json.dumps({"users": {n: {"token_sha256": u.token_sha256} for n, u in sorted(users.items())}},
                       indent=2, sort_keys=True) + "\n"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.secrets import REDACTED, redact, register_secret, safe_url
+from pipeline.core.secrets import REDACTED, redact, register_secret, safe_url
 
 __all__ = ["IDEMPOTENT_METHODS", "REDACTED", "RETRY_STATUSES", "AmbiguousRequest", "HttpParams", "is_idempotent",
            "make_retry", "make_session", "may_have_arrived", "redact", "register_secret", "safe_url"]
@@ -117,4 +117,4 @@ def may_have_arrived(exc: BaseException) -> bool:
     return True
 
 
-# redaction lives with the secrets (pipeline.secrets); re-exported here for the backends
+# redaction lives with the secrets (pipeline.core.secrets); re-exported here for the backends

@@ -16,7 +16,7 @@ Requests go through the shared HTTP layer (:mod:`pipeline.annotation.http`): ide
 connection errors, timeouts and 429/5xx with exponential backoff (``max_retries``, ``backoff_s``); a request that
 creates something is never blindly repeated: after an ambiguous failure of the bulk import, push reads the
 project's tasks back by ``data.item_id`` and sends only the missing ones. Then a
-:class:`~pipeline.errors.UserError` names the URL (credentials removed) and what failed.
+:class:`~pipeline.core.errors.UserError` names the URL (credentials removed) and what failed.
 A rejected token gives an authentication error naming the environment variable, never the token.
 """
 
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
-from pipeline import io
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.http import (
     AmbiguousRequest,
@@ -47,8 +46,9 @@ from pipeline.annotation.http import (
     safe_url,
 )
 from pipeline.annotation.labelstudio_ml import AssistParams
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import Paths, from_mapping
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import Paths, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ class LabelStudioBackend:
 def make_backend(settings: Mapping[str, Any], paths: Paths, where: str = "params.yaml:annotation.labelstudio"
                  ) -> LabelStudioBackend:
     """Factory registered in ``BACKENDS``: params from ``settings``, token from the environment / ``.env``."""
-    from pipeline.secrets import get_secret
+    from pipeline.core.secrets import get_secret
 
     params = from_mapping(LabelStudioParams, dict(settings), where)
     token = get_secret(params.token_env, what=f"the Label Studio API token for {params.url}")

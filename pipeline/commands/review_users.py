@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import UserError
-from pipeline.params import DEFAULT_PARAMS
+from pipeline.core.errors import UserError
+from pipeline.core.params import DEFAULT_PARAMS
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file (the users file sits next to it).")]
 UsersOpt = Annotated[Path | None, typer.Option("--users-file", help="users file (default "
@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="review-users")
 
     def _path(params: Path, users_file: Path | None) -> Path:
-        from pipeline.review_cmd import users_path
+        from pipeline.commands.review import users_path
 
         return users_path(params, users_file)
 

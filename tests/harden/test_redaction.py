@@ -15,10 +15,10 @@ import pytest
 from cvat_sdk.api_client.exceptions import ApiException
 
 from pipeline.annotation.cvat import with_retries
-from pipeline.errors import UserError
-from pipeline.params import RunnerParams
-from pipeline.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
-from pipeline.secrets import RedactingFilter, redact, register_secret, safe_url
+from pipeline.core.errors import UserError
+from pipeline.core.params import RunnerParams
+from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.secrets import RedactingFilter, redact, register_secret, safe_url
 from tests.conftest import free_port
 from tests.harden.faultproxy import Fault, FaultProxy
 from tests.labelstudio.conftest import TOKEN, Server
