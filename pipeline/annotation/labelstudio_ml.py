@@ -259,7 +259,7 @@ def pixel_points(points: Sequence[PercentPoint], width: int, height: int,
     for i, p in enumerate(points):
         if not (0.0 <= p.x <= 100.0 and 0.0 <= p.y <= 100.0):
             raise ClickOutsideImage(
-                f"item {item_id}: click {i} at x={p.x:.3g}%, y={p.y:.3g}% lies outside the {width}x{height} image",
+                f"item {item_id}: click {i} at x={p.x:.6g}%, y={p.y:.6g}% lies outside the {width}x{height} image",
                 item_id,
             )
         out.append((*to_pixel(p.x, p.y, width, height), p.positive))
