@@ -23,6 +23,7 @@ into a brush region (:func:`brush_region`). Every problem is an :class:`AssistEr
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # tool names in the labeling config maskloop generates (see pipeline.annotation.labelstudio.label_config)
 CLICK_TOOL = "assist_click"
@@ -359,13 +362,27 @@ def connect_backend(client: Any, project_id: int, params: AssistParams) -> int:
             backend = client.request("POST", "/api/ml", json={"url": url, "project": project_id, **fields,
                                                               "auto_update": True})
         except UserError as exc:
+            # Label Studio 1.23 also creates a training webhook for every new ML backend and refuses it (HTTP 403,
+            # SSRF protection) for a loopback/private URL after the backend itself was connected: that is fine,
+            # maskloop trains in its own pipeline and needs no webhook
+            again = [b for b in client.request("GET", "/api/ml", params={"project": project_id}) or []
+                     if str(b.get("url", "")).rstrip("/") == url]
+            if again:
+                log.info("connected the assist backend %s (Label Studio refused its training webhook: not needed)", url)
+                return _finish_connect(client, project_id, again[0], before)
             raise UserError(
                 f"annotation.labelstudio.assist is enabled, but Label Studio at {client.url} could not connect the "
                 f"assist backend at {url}: start `maskloop assist` where the Label Studio server reaches that URL "
                 "(a loopback or private address also needs ML_BLOCK_LOCAL_IP=false in the Label Studio server's "
                 f"environment), then push again. Label Studio said: {str(exc)[-400:]}"
             ) from exc
+    return _finish_connect(client, project_id, backend, before)
+
+
+def _finish_connect(client: Any, project_id: int, backend: Mapping[str, Any], before: Any) -> int:
     after = (client.request("GET", f"/api/projects/{project_id}") or {}).get("model_version")
     if after != before:  # connecting a backend makes it the project's model version: keep push's predictions shown
         client.request("PATCH", f"/api/projects/{project_id}", json={"model_version": before or ""})
+    log.info("assist backend %s connected to Label Studio project %s (ML backend %s)", backend.get("url"),
+             project_id, backend.get("id"))
     return int(backend["id"])
