@@ -81,7 +81,7 @@ class SegmenterMeta:
             )
         if not 0.0 < self.threshold < 1.0:
             raise UserError(f"segmenter threshold must be in (0, 1), got {self.threshold}")
-        from pipeline.preannotate.saliency import PRIORS
+        from pipeline.preannotators.saliency import PRIORS
 
         unknown = sorted(set(self.priors) - set(PRIORS))
         if unknown or len(set(self.priors)) != len(self.priors):
@@ -335,12 +335,12 @@ def normalize(image_rgb: np.ndarray, meta: SegmenterMeta) -> np.ndarray:
 
 def network_input(image_rgb: np.ndarray, meta: SegmenterMeta) -> np.ndarray:
     """RGB uint8 ``(R, R, 3)`` (already at the network size) -> float32 ``(meta.in_channels, R, R)``: the
-    normalised image, then ``meta.priors`` (:func:`~pipeline.preannotate.saliency.prior_channels`, in [-1, 1]) computed
+    normalised image, then ``meta.priors`` (:func:`~pipeline.preannotators.saliency.prior_channels`, in [-1, 1]) computed
     on that same image. Training and inference both go through here."""
     x = normalize(image_rgb, meta)
     if not meta.priors:
         return x
-    from pipeline.preannotate.saliency import prior_channels
+    from pipeline.preannotators.saliency import prior_channels
 
     extra = prior_channels(np.ascontiguousarray(image_rgb), tuple(meta.priors)).transpose(2, 0, 1)
     return np.ascontiguousarray(np.concatenate([x, extra], axis=0), dtype=np.float32)

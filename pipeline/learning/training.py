@@ -119,7 +119,7 @@ class TrainParams:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
-        from pipeline.preannotate.saliency import PRIORS
+        from pipeline.preannotators.saliency import PRIORS
 
         if not set(self.priors) <= set(PRIORS) or len(set(self.priors)) != len(self.priors):
             raise ValueError(f"priors must be distinct names from {sorted(PRIORS)}, got {list(self.priors)}")
