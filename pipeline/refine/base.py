@@ -267,7 +267,7 @@ class GrabCutRefineParams:
     iterations: int = 3
     click_radius: float = 0.012   # seed disc radius, fraction of the work copy's longer side
     band: float = 0.04            # GrabCut may move the prior's edge this far (fraction of the longer side)
-    release: float = 2.0          # a click frees a disc of release x its distance to the prior's edge
+    release: float = 1.0          # a click frees a disc of release x its distance to the prior's edge
     max_release: float = 0.15     # ... at most this fraction of the longer side (+ band)
     empty_radius: float = 0.15    # empty canvas: probable foreground this far around positive clicks
     wand: float = 16.0            # a disagreeing click's magic wand: Lab tolerance per channel (0 = off)
