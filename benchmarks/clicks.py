@@ -44,9 +44,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, finish, shared_data
-from pipeline import io
-from pipeline.params import Paths, load_paths, load_section
-from pipeline.preannotate.base import PreannotateParams, PredictContext
+from pipeline.core import io
+from pipeline.core.params import Paths, load_paths, load_section
+from pipeline.preannotators.base import PreannotateParams, PredictContext
 from pipeline.refine import build_refiner
 from pipeline.refine.base import Click, RefineItem, RefineParams
 from pipeline.refine.clicker import MAX_CLICKS, simulate, summarize
@@ -93,8 +93,8 @@ _W: dict[str, Any] = {}
 def _init(refine_params: RefineParams, pre_params: PreannotateParams, paths: Paths, engines: list[str],
           plain: bool) -> None:
     cv2.setNumThreads(1)
-    from pipeline.preannotate.grabcut import GrabCutPreannotator
-    from pipeline.torch_utils import set_threads
+    from pipeline.learning.torch_utils import set_threads
+    from pipeline.preannotators.grabcut import GrabCutPreannotator
 
     set_threads(1)
     _W["pre"] = GrabCutPreannotator(pre_params)
@@ -170,7 +170,7 @@ def upscale(image: np.ndarray, gt: np.ndarray, megapixels: float) -> tuple[np.nd
 def speed(data: Path, refine_params: RefineParams, pre_params: PreannotateParams, n_photos: int,
           plain_photos: int) -> dict[str, float]:
     """Seconds per click of the grabcut engine (and plain cv2.grabCut) at native size and at 2 MP."""
-    from pipeline.preannotate.grabcut import GrabCutPreannotator
+    from pipeline.preannotators.grabcut import GrabCutPreannotator
 
     cv2.setNumThreads(1)
     pre_model = GrabCutPreannotator(pre_params)
@@ -223,7 +223,7 @@ def sam_latency(data: Path, arch: str, n_photos: int) -> dict[str, float]:
     weights of the real architecture, CPU."""
     import torch
 
-    from pipeline.preannotate.sam import SAM_ARCHS
+    from pipeline.preannotators.sam import SAM_ARCHS
     from pipeline.refine.base import SamRefineParams
 
     torch.manual_seed(0)

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep the project in this folder")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    logging.getLogger("pipeline.runner").setLevel(logging.WARNING)
+    logging.getLogger("pipeline.core.runner").setLevel(logging.WARNING)
 
     dev_folder, train_folder = shared_data() / "ecssd-dev", shared_data() / "ecssd-train"
     t_start = time.perf_counter()
@@ -70,9 +70,12 @@ def main() -> None:
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params_path = Path("params.yaml")
 
-    from pipeline import export, ingest, io, promote, train
-    from pipeline.evaluate import correction_effort
-    from pipeline.params import load_paths
+    from pipeline.commands import promote
+    from pipeline.core import io
+    from pipeline.core.params import load_paths
+    from pipeline.stages import export, ingest
+    from pipeline.stages import train as train_stage
+    from pipeline.stages.evaluate import correction_effort
 
     paths = load_paths(params_path)
     raw = Path(paths.raw)
@@ -98,8 +101,8 @@ def main() -> None:
     gt = {i: gt_mask(i) for i in holdout + train_ids}
 
     # ---- round 0: grabcut on every item (registry), recorded like the preannotate stage does.
-    from pipeline.preannotate import build_preannotator
-    from pipeline.preannotate.base import PreannotateParams, PredictContext
+    from pipeline.preannotators import build_preannotator
+    from pipeline.preannotators.base import PreannotateParams, PredictContext
 
     t0 = time.perf_counter()
     pparams = PreannotateParams(model="grabcut")
@@ -133,7 +136,7 @@ def main() -> None:
     summary = export.run(params_path)
     t_export = time.perf_counter() - t0
     t0 = time.perf_counter()
-    metrics = train.run(params_path)
+    metrics = train_stage.run(params_path)
     t_train = time.perf_counter() - t0
     result = promote.promote(params_path, use_dvc=False)
     promoted = io.read_json(result.lineage_path)
@@ -144,7 +147,7 @@ def main() -> None:
     try:
         from dataclasses import replace
 
-        from pipeline.params import load_section
+        from pipeline.core.params import load_section
 
         p1 = load_section(params_path, "preannotate", PreannotateParams)
         tparams = p1.trained if args.refine is None else replace(p1.trained, refine=args.refine)
@@ -156,7 +159,7 @@ def main() -> None:
         def predict1(i: str) -> np.ndarray:
             return trained.predict(io.read_image(src_of[i]), PredictContext(item_id=i)).mask  # type: ignore[no-any-return]
     except ModuleNotFoundError:
-        from pipeline.segmenter import load_segmenter, predict_probability
+        from pipeline.learning.segmenter import load_segmenter, predict_probability
 
         model, meta = load_segmenter(result.model_path, "cpu")
         via = "segmenter"

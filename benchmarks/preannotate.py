@@ -36,11 +36,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, finish, shared_data
-from pipeline import io
-from pipeline.evaluate import boundary_f, iou
-from pipeline.params import Paths, load_section
-from pipeline.preannotate import grabcut as G
-from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext
+from pipeline.core import io
+from pipeline.core.params import Paths, load_section
+from pipeline.preannotators import grabcut as G
+from pipeline.preannotators.base import GrabCutParams, PreannotateParams, PredictContext
+from pipeline.stages.evaluate import boundary_f, iou
 
 
 def load(ecssd: Path, n: int | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -143,8 +143,8 @@ def bench_sizes(img: np.ndarray, params: GrabCutParams) -> dict[str, float]:
 def bench_sam_cache(img: np.ndarray, arch: str) -> dict[str, float]:
     import torch
 
-    from pipeline.preannotate.sam import SAM_ARCHS, CachedSam, box_from_mask
-    from pipeline.preannotate.sam_cache import SamEmbeddingCache
+    from pipeline.preannotators.sam import SAM_ARCHS, CachedSam, box_from_mask
+    from pipeline.preannotators.sam_cache import SamEmbeddingCache
 
     torch.manual_seed(0)
     model = SAM_ARCHS[arch].build()
@@ -175,7 +175,7 @@ def bench_sam_cache(img: np.ndarray, arch: str) -> dict[str, float]:
 
 def bench_checkpoint_models(data: list[tuple[str, np.ndarray, np.ndarray]], n: int) -> dict[str, float]:
     """deeplabv3 / sam quality when their checkpoints exist at the params.yaml paths."""
-    from pipeline.preannotate import build_preannotator
+    from pipeline.preannotators import build_preannotator
 
     params = load_section(REPO / "params.yaml", "preannotate", PreannotateParams)
     out: dict[str, float] = {}

@@ -21,7 +21,7 @@ import streamlit as st
 from dashboards import data, render
 from dashboards.safe import html_text, md_text
 from dashboards.store import DecisionStore, StoreError
-from pipeline import io
+from pipeline.core import io
 
 log = logging.getLogger("dashboards.review")
 

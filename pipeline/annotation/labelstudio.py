@@ -13,7 +13,7 @@ Talks to the Label Studio REST API (tested against 1.23.2) with ``requests``:
   export) and :func:`pipeline.annotation.files.resolve_corrections`.
 
 Every request is retried on connection errors, timeouts and 5xx answers with exponential backoff
-(``max_retries``, ``backoff_s``); then a :class:`~pipeline.errors.UserError` names the URL and what failed.
+(``max_retries``, ``backoff_s``); then a :class:`~pipeline.core.errors.UserError` names the URL and what failed.
 A rejected token gives an authentication error naming the environment variable, never the token.
 """
 
@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
-from pipeline import io
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.labelstudio_ml import AssistParams
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import Paths, from_mapping
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import Paths, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ class LabelStudioBackend:
 def make_backend(settings: Mapping[str, Any], paths: Paths, where: str = "params.yaml:annotation.labelstudio"
                  ) -> LabelStudioBackend:
     """Factory registered in ``BACKENDS``: params from ``settings``, token from the environment / ``.env``."""
-    from pipeline.secrets import get_secret
+    from pipeline.core.secrets import get_secret
 
     params = from_mapping(LabelStudioParams, dict(settings), where)
     token = get_secret(params.token_env, what=f"the Label Studio API token for {params.url}")

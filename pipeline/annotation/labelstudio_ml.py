@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from pipeline.annotation.labelstudio_ml import (
     predict_response,
     region_id,
 )
-from pipeline.errors import UserError
-from pipeline.params import DEFAULT_PARAMS, Paths
+from pipeline.core.errors import UserError
+from pipeline.core.params import DEFAULT_PARAMS, Paths
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -100,7 +100,7 @@ class ManifestIndex:
                 raise UnknownItem(f"item {item_id}: no manifest at {self.manifest} (run `dvc repro ingest`)",
                                   item_id) from None
             if self._key != (st.st_mtime_ns, st.st_size):
-                from pipeline.items import ok_items
+                from pipeline.core.items import ok_items
 
                 self._index = {it.item_id: self.root / it.source_path for it in ok_items(self.manifest)}
                 self._key = (st.st_mtime_ns, st.st_size)
@@ -215,7 +215,7 @@ class AssistService:
     def engine(self) -> Any:
         if self._engine is not None:
             return self._engine
-        from pipeline.preannotate.base import CheckpointError
+        from pipeline.preannotators.base import CheckpointError
 
         with self._engine_lock:
             if self._engine is None:
@@ -232,7 +232,7 @@ class AssistService:
 
     # ---- items
     def _load_item(self, item_id: str) -> ItemState:
-        from pipeline import io
+        from pipeline.core import io
         from pipeline.refine.base import RefineItem
 
         path = self.index.image_path(item_id)
@@ -267,7 +267,7 @@ class AssistService:
         except RefineInputError as exc:
             raise BadPrompt(str(exc), req.item_id) from exc
         except UserError as exc:
-            from pipeline.preannotate.base import CheckpointError
+            from pipeline.preannotators.base import CheckpointError
 
             if isinstance(exc, CheckpointError):
                 raise WeightsMissing(f"refine engine {self.engine_name}: {_fetch_hint(str(exc))}",
@@ -393,7 +393,7 @@ def build_service(params_path: Path, engine: str = "", workers: int = 0) -> Assi
     from dataclasses import replace
 
     from pipeline.annotation.labelstudio import LabelStudioParams
-    from pipeline.params import from_mapping, load_paths, read_params_file
+    from pipeline.core.params import from_mapping, load_paths, read_params_file
     from pipeline.refine import REFINERS, build_refiner
     from pipeline.refine.base import load_refine_params
 

@@ -15,13 +15,13 @@ from typing import Annotated
 
 import typer
 
-from pipeline.params import DEFAULT_PARAMS
+from pipeline.core.params import DEFAULT_PARAMS
 
 log = logging.getLogger(__name__)
 
 
 def _params_and_models_dir(params: Path) -> tuple[dict[str, object], Path]:
-    from pipeline.params import read_params_file
+    from pipeline.core.params import read_params_file
 
     data = read_params_file(params) if Path(params).is_file() else {}
     paths = data.get("paths") if isinstance(data.get("paths"), dict) else {}

@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.params import Paths
+    from pipeline.core.params import Paths
     from pipeline.refine.base import RefineParams, Refiner
 
 REFINERS: dict[str, str] = {

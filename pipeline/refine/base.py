@@ -1,7 +1,7 @@
 """What every refinement engine shares: clicks, the item, the result, params and the protocol.
 
 A refinement engine turns a current mask plus a few annotator clicks into a better mask. Engines are small
-classes built from :class:`RefineParams` and :class:`~pipeline.params.Paths` (weights load in the
+classes built from :class:`RefineParams` and :class:`~pipeline.core.params.Paths` (weights load in the
 constructor, never at import; registry in :mod:`pipeline.refine`) with a frozen :attr:`spec` and one method::
 
     refine(item: RefineItem, current_mask: np.ndarray | None, clicks: Sequence[Click], box: Box | None = None)
@@ -21,7 +21,7 @@ image's full size; ``mask`` is uint8 exactly {0, 1}; ``probability`` float32 in 
 ``mask == (probability >= 0.5)``; every clicked pixel is on its click's side (positive: foreground), unless a
 later click hit the very same pixel (engines paint a small disc around each click, oldest first, then the
 clicked pixels themselves: :func:`force_clicks`).
-Bad input raises :class:`RefineInputError` (a :class:`~pipeline.errors.UserError`) naming the item and the
+Bad input raises :class:`RefineInputError` (a :class:`~pipeline.core.errors.UserError`) naming the item and the
 bad value: a click outside the image, a mask of the wrong size, an empty box.
 """
 
@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
-    from pipeline.params import Paths
+    from pipeline.core.params import Paths
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class RefineItem:
         """RGB uint8 ``(H, W, 3)`` (EXIF orientation applied, as everywhere in the pipeline)."""
         if self.pixels is not None:
             return self.pixels
-        from pipeline import io
+        from pipeline.core import io
 
         try:
             return io.read_image(Path(self.image_path))
@@ -177,7 +177,7 @@ class RefineItem:
         found = self.preannotation_paths()
         if found is None or not found[0].is_file():
             return None
-        from pipeline import io
+        from pipeline.core import io
 
         return (io.read_mask(found[0]) > 0).astype(np.uint8)
 
@@ -185,7 +185,7 @@ class RefineItem:
 def item_from_manifest(paths: Paths, item_id: str) -> RefineItem:
     """The ok manifest item ``item_id`` as a :class:`RefineItem` (paths from the manifest, never from a
     request); :class:`UnknownItem` when the manifest has no such ok item."""
-    from pipeline.items import ok_items
+    from pipeline.core.items import ok_items
 
     manifest = Path(paths.manifest)
     if not manifest.is_file():
@@ -352,7 +352,7 @@ class RefineParams:
 
 def load_refine_params(params_path: Path) -> RefineParams:
     """The ``refine`` section of ``params_path`` (defaults when absent)."""
-    from pipeline.params import load_section
+    from pipeline.core.params import load_section
 
     return load_section(params_path, "refine", RefineParams)
 

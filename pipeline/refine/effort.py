@@ -21,7 +21,7 @@ from pipeline.refine.base import Click, RefineItem, RefineParams, Refiner
 from pipeline.refine.clicker import MAX_CLICKS, simulate
 
 if TYPE_CHECKING:
-    from pipeline.params import Paths
+    from pipeline.core.params import Paths
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def effort_clicks(
     correction (``paths.corrections/masks``): the first ``max_items`` of ``item_ids`` in sorted order (0 = none),
     images found through the manifest. Returns ``{item_id: ClickEffort}``; items without an image in the
     manifest are left out (logged)."""
-    from pipeline import io
-    from pipeline.items import ok_items
+    from pipeline.core import io
+    from pipeline.core.items import ok_items
     from pipeline.refine import build_refiner
 
     ids = sorted(item_ids)[: max(0, max_items)]

@@ -18,7 +18,7 @@ downscaled copies are cached per item, so later clicks skip them):
 3. ``cv2.grabCut`` (``iterations``, ``GC_INIT_WITH_MASK``); foreground islands smaller than
    ``min_island_frac`` of the largest are dropped unless they hold a positive click.
 4. **Back to full size, edge-aware**: the grabcut pre-annotator's fast guided filter
-   (:mod:`pipeline.preannotate.grabcut`: coefficients at ``refine_side``, applied on the full-size grey
+   (:mod:`pipeline.preannotators.grabcut`: coefficients at ``refine_side``, applied on the full-size grey
    image). Outside the pixels GrabCut was allowed to change, the full-resolution current mask is kept bit
    for bit (a human's fine edge is never blurred by a click elsewhere).
 5. **Clicks by construction**: a small disc around every click is painted last (:func:`force_clicks`), so
@@ -37,9 +37,9 @@ from typing import Any, Generic, TypeVar
 import cv2
 import numpy as np
 
-from pipeline.params import Paths, params_digest
-from pipeline.preannotate import grabcut as gc
-from pipeline.preannotate.base import GrabCutParams
+from pipeline.core.params import Paths, params_digest
+from pipeline.preannotators import grabcut as gc
+from pipeline.preannotators.base import GrabCutParams
 from pipeline.refine.base import (
     Box,
     Click,

@@ -1,7 +1,7 @@
 """``sam`` refinement engine: segment-anything prompted by the clicks, on the pipeline's cached embedding.
 
 - **Embedding**: per item, from (1) this engine's in-memory LRU, else (2) the pipeline's SAM embedding cache
-  (:mod:`pipeline.preannotate.sam_cache`, ``paths.sam_cache``; written by the ``preannotate`` stage with
+  (:mod:`pipeline.preannotators.sam_cache`, ``paths.sam_cache``; written by the ``preannotate`` stage with
   ``model: sam``, keyed by the checkpoint's SHA-256), else (3) the image encoder, once: the result is written
   to that cache, so neither this process nor the next one encodes the item again. An item the pipeline
   already encoded is never re-encoded (``encoder_calls`` counts real encoder runs). Only case (3) reads the
@@ -32,9 +32,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.params import Paths
-from pipeline.preannotate.base import CheckpointMissing, SamParams
-from pipeline.preannotate.sam_cache import CachedEmbedding, SamEmbeddingCache, to_entry
+from pipeline.core.params import Paths
+from pipeline.preannotators.base import CheckpointMissing, SamParams
+from pipeline.preannotators.sam_cache import CachedEmbedding, SamEmbeddingCache, to_entry
 from pipeline.refine.base import (
     Box,
     Click,
@@ -118,8 +118,8 @@ class SamRefiner:
     def __init__(self, params: RefineParams, paths: Paths | None = None, **_: Any) -> None:
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        from pipeline.preannotate.sam import load_sam
-        from pipeline.torch_utils import select_device, set_threads
+        from pipeline.learning.torch_utils import select_device, set_threads
+        from pipeline.preannotators.sam import load_sam
 
         set_threads(params.threads)
         self.params = params.sam

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.params import Paths, params_digest
+from pipeline.core.params import Paths, params_digest
 from pipeline.refine.base import (
     Box,
     Click,
@@ -60,8 +60,8 @@ class TrainedRefiner:
     """Registry entry ``trained``: loads the promoted model in the constructor."""
 
     def __init__(self, params: RefineParams, paths: Paths, **_: Any) -> None:
-        from pipeline.preannotate.trained import load_trained
-        from pipeline.torch_utils import select_device, set_threads
+        from pipeline.learning.torch_utils import select_device, set_threads
+        from pipeline.preannotators.trained import load_trained
 
         set_threads(params.threads)
         self.params = params.trained
@@ -69,7 +69,7 @@ class TrainedRefiner:
         self.device = select_device(params.device)
         path = Path(paths.promoted) / MODEL_NAME
         self.model, self.meta = load_trained(path, self.device)
-        from pipeline.preannotate.base import file_sha256
+        from pipeline.preannotators.base import file_sha256
 
         sha = file_sha256(path)
         self.spec = RefinerSpec(
@@ -80,7 +80,7 @@ class TrainedRefiner:
         self._items: LruCache[str, TrainedState] = LruCache(params.cache_items)
 
     def _make(self, item: RefineItem) -> TrainedState:
-        from pipeline import segmenter
+        from pipeline.learning import segmenter
 
         pyr = build_pyramid(item.load_image(), self.grabcut.work_side, self.grabcut.refine_side)
         prob = segmenter.predict_probability(self.model, self.meta, pyr.small, self.device)

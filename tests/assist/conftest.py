@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.params import Paths
+from pipeline.core import io
+from pipeline.core.params import Paths
 from tests.conftest import REPO, maskloop
 
 NAMES = ("0001", "0002", "0005")
@@ -52,8 +52,8 @@ def assist_project(tmp_path_factory: pytest.TempPathFactory, ecssd: Path) -> Ass
         shutil.copy(ecssd / "images" / f"{n}.jpg", raw / f"{n}.jpg")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     maskloop("ingest", cwd=root)
-    from pipeline.items import ok_items
-    from pipeline.params import load_paths
+    from pipeline.core.items import ok_items
+    from pipeline.core.params import load_paths
 
     paths = absolute(load_paths(root / "params.yaml"), root)
     items, gt = {}, {}
@@ -101,7 +101,7 @@ def tiny_sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight ``vit_tiny`` SAM checkpoint (latency and plumbing, not quality)."""
     import torch
 
-    from pipeline.preannotate.sam import SAM_ARCHS
+    from pipeline.preannotators.sam import SAM_ARCHS
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"

@@ -22,7 +22,7 @@ import requests
 from pipeline.annotation.brush import rle_to_mask
 from pipeline.annotation.labelstudio_ml import AssistParams
 from pipeline.commands.assist import AssistService, create_app
-from pipeline.preannotate.base import CheckpointMissing
+from pipeline.preannotators.base import CheckpointMissing
 from pipeline.refine import build_refiner
 from pipeline.refine.base import RefineParams, RefineResult, RefinerSpec, SamRefineParams
 from tests.assist.conftest import AssistProject, keypoint, pct, predict_body, rectangle

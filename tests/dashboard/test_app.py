@@ -256,7 +256,7 @@ def test_choose_another_fix_and_unknown_suggested_fix(synth: Any, app: Any) -> N
     rq.loc[rq["item_id"] == other, "suggested_fix"] = "magic_wand"
     rq["reason"] = ""
     rq.loc[rq["item_id"] == other, "reason"] = "decision 7 is stale (the mask changed since)"
-    from pipeline import io
+    from pipeline.core import io
 
     io.write_parquet(table, rq)
     at = app(synth)

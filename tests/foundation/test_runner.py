@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.params import RunnerParams
-from pipeline.runner import FileInput, ItemResult, SetupFailed, Stage, StageFailed, WorkItem, run_stage
+from pipeline.core import io
+from pipeline.core.params import RunnerParams
+from pipeline.core.runner import FileInput, ItemResult, SetupFailed, Stage, StageFailed, WorkItem, run_stage
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("slow_stage", HERE / "slow_stage.py")

@@ -7,7 +7,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.image_check import _ADAM7, PNG_SIGNATURE
+from pipeline.core.image_check import _ADAM7, PNG_SIGNATURE
 
 
 def chunk(ctype: bytes, data: bytes) -> bytes:

@@ -1,7 +1,7 @@
 """Item 4 of issue 15: ingest's memory per image is bounded and predictable.
 
 Before: a 194 KB 16-bit 9999x9999 PNG took 2.7 GB peak in ingest (a float64 path), an 8-bit RGB one 1.1 GB, per
-worker. Now (pipeline/image_check.py, docs/limits.md): PNG ~1 MiB whatever its size, JPEG 4 B/px / 64, other
+worker. Now (pipeline/core/image_check.py, docs/limits.md): PNG ~1 MiB whatever its size, JPEG 4 B/px / 64, other
 formats at most 4 bytes a pixel; the peak is measured as max RSS growth in a fresh process.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import REPO, VENV_BIN, write_params
 from tests.harden.pngs import constant_png
 
@@ -26,8 +26,8 @@ SLACK = 24 * MB  # allocator and interpreter noise on top of the documented boun
 MEASURE = r"""
 import json, resource, sys
 from pathlib import Path
-from pipeline import ingest
-from pipeline.runner import FileInput, WorkItem
+from pipeline.stages import ingest
+from pipeline.core.runner import FileInput, WorkItem
 
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.image_check import verify_image, verify_png
-from pipeline.io import ImageError
+from pipeline.core.image_check import verify_image, verify_png
+from pipeline.core.io import ImageError
 from tests.conftest import maskloop, write_params
 from tests.harden.pngs import interlaced_grey_png
 
@@ -202,7 +202,7 @@ def test_png_check_agrees_with_libpng_on_random_damage(tmp_path: Path) -> None:
 def test_png_orientation_without_decoding(tmp_path: Path, where: str) -> None:
     """The PNG path reads the eXIf chunk during its chunk walk (before or after the image data) and reports the
     same upright size and orientation as Pillow's full decode."""
-    from pipeline.io import probe_image
+    from pipeline.core.io import probe_image
     from tests.harden.pngs import chunk
 
     exif = Image.Exif()

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import maskloop, write_params
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.errors import describe_os_error, user_message
+from pipeline.core import io
+from pipeline.core.errors import describe_os_error, user_message
 from tests.conftest import VENV_BIN, maskloop, require, write_params
 
 PARAMS = """

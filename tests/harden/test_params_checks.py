@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import KNOWN_SECTIONS, ParamsError, load_section, read_params_file
+from pipeline.core.params import KNOWN_SECTIONS, ParamsError, load_section, read_params_file
 from tests.conftest import REPO, maskloop, write_params
 
 BASE = (REPO / "params.yaml").read_text(encoding="utf-8")

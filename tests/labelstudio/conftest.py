@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import requests
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import REPO, free_port, maskloop, missing
 
 LS_BIN = REPO / ".lsvenv" / "bin" / "label-studio"

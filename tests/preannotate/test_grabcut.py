@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.params import ParamsError, Paths, from_mapping
-from pipeline.preannotate import PREANNOTATORS, build_preannotator, preannotator_class
-from pipeline.preannotate import grabcut as G
-from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext
+from pipeline.core import io
+from pipeline.core.params import ParamsError, Paths, from_mapping
+from pipeline.preannotators import PREANNOTATORS, build_preannotator, preannotator_class
+from pipeline.preannotators import grabcut as G
+from pipeline.preannotators.base import GrabCutParams, PreannotateParams, PredictContext
 
 from .conftest import iou, object_on_background
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.preannotate import saliency as S
+from pipeline.preannotators import saliency as S
 
 from .conftest import object_on_background
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.params import ParamsError, Paths, load_section
+from pipeline.core.errors import UserError
+from pipeline.core.params import ParamsError, Paths, load_section
 from pipeline.refine import REFINERS, refiner_class
 from pipeline.refine.base import (
     Box,
@@ -87,7 +87,7 @@ def test_force_clicks_later_wins_and_check_result() -> None:
 
 
 def test_item_reads_image_and_preannotation(tmp_path: Path) -> None:
-    from pipeline import io
+    from pipeline.core import io
 
     img = np.zeros((6, 8, 3), np.uint8)
     io.write_png(tmp_path / "a.png", img)
@@ -109,7 +109,7 @@ def test_item_reads_image_and_preannotation(tmp_path: Path) -> None:
 def test_item_from_manifest(tmp_path: Path) -> None:
     import pandas as pd
 
-    from pipeline import io
+    from pipeline.core import io
 
     with pytest.raises(UnknownItem, match="no manifest"):
         item_from_manifest(Paths(manifest=tmp_path / "m.parquet"), "abc")

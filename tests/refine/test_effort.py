@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.params import Paths
+from pipeline.core import io
+from pipeline.core.params import Paths
 from pipeline.refine import build_refiner
 from pipeline.refine.base import RefineItem, RefineParams
 from pipeline.refine.effort import effort_clicks, simulated_noc

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.evaluate import iou
-from pipeline.params import Paths
+from pipeline.core.params import Paths
 from pipeline.refine import build_refiner
 from pipeline.refine.base import Box, Click, RefineInputError, RefineItem, RefineParams, check_result
 from pipeline.refine.grabcut import GrabCutRefiner, click_labels, scale_clicks
+from pipeline.stages.evaluate import iou
 
 from .conftest import scene
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.params import Paths
-from pipeline.preannotate.base import CheckpointMissing, PreannotateParams, PredictContext, SamParams
-from pipeline.preannotate.sam_cache import SamEmbeddingCache
+from pipeline.core.params import Paths
+from pipeline.preannotators.base import CheckpointMissing, PreannotateParams, PredictContext, SamParams
+from pipeline.preannotators.sam_cache import SamEmbeddingCache
 from pipeline.refine import build_refiner
 from pipeline.refine.base import (
     Box,
@@ -56,7 +56,7 @@ def test_embedding_computed_once_then_cached_on_disk(tiny_sam_ckpt: Path, tmp_pa
 
 
 def test_uses_the_embedding_the_preannotate_stage_wrote(tiny_sam_ckpt: Path, tmp_path: Path) -> None:
-    from pipeline.preannotate.sam import SamPreannotator
+    from pipeline.preannotators.sam import SamPreannotator
 
     img, _gt = scene()
     paths = Paths(sam_cache=tmp_path / "sam_cache")

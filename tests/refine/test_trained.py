@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.params import Paths
-from pipeline.preannotate.base import CheckpointMissing
+from pipeline.core.params import Paths
+from pipeline.preannotators.base import CheckpointMissing
 from pipeline.refine import build_refiner
 from pipeline.refine.base import Click, RefineItem, RefineParams, check_result
 from pipeline.refine.trained import TrainedRefiner, fused_prior
@@ -19,7 +19,7 @@ from .conftest import scene
 
 @pytest.fixture()
 def promoted(tmp_path: Path) -> Paths:
-    from pipeline import segmenter
+    from pipeline.learning import segmenter
 
     model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
     segmenter.save_checkpoint(tmp_path / "promoted" / "model.pt", model,
