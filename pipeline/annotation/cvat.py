@@ -44,6 +44,7 @@ import numpy as np
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
+from pipeline.annotation.http import redact, register_secret, safe_url
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -169,16 +170,19 @@ def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, 
         try:
             return fn()
         except Exception as exc:
-            if isinstance(exc, ApiException) and exc.status in (401, 403):
-                raise UserError(f"CVAT at {url} refused {what} (HTTP {exc.status}): check the credentials "
-                                "(CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN) and their permissions") from exc
+            # CVAT 2.23 answers a wrong password with HTTP 400, older servers with 401
+            refused = exc.status in (401, 403) or (what == "login" and exc.status == 400) \
+                if isinstance(exc, ApiException) else False
+            if refused:
+                raise UserError(f"CVAT at {url} refused {what} (HTTP {exc.status}): check the credentials "  # type: ignore[attr-defined]
+                                "(CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN) and their permissions") from None
             reason = transient_reason(exc, idempotent)
             if reason is None:
                 if isinstance(exc, ApiException):
                     body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
                     again = "" if idempotent else " (not repeated automatically; re-running is safe)"
-                    raise UserError(f"CVAT at {url}: {what} failed with HTTP {exc.status} {exc.reason or ''}"
-                                    f"{again}: {body[:300]}".rstrip(": ")) from exc
+                    raise UserError(redact(f"CVAT at {url}: {what} failed with HTTP {exc.status} {exc.reason or ''}"
+                                           f"{again}: {body[:300]}").rstrip(": ")) from None
                 raise
             last = reason
     raise UserError(f"CVAT at {url} is unreachable: {what} failed {max_retries + 1} times ({last}); is the server "
@@ -211,17 +215,20 @@ class CvatConnection:
                               f"(or {params.access_token_env}) in the environment or an untracked .env")
         self.params = params
         self.url = params.server_url()
+        self.shown_url = safe_url(self.url)  # for messages: no user:password@
         self._username = username
         self._password = password
         self._token = token
+        for secret in (password, token):
+            register_secret(secret)
         self._client: Any = None
         self.server_version = ""
 
     def __repr__(self) -> str:  # never show a secret
-        return f"CvatConnection({self.url!r}, user={self._username!r})"
+        return f"CvatConnection({self.shown_url!r}, user={self._username!r})"
 
     def retry(self, what: str, fn: Callable[[], T], idempotent: bool = True) -> T:
-        return with_retries(fn, what, url=self.url, max_retries=self.params.max_retries,
+        return with_retries(fn, what, url=self.shown_url, max_retries=self.params.max_retries,
                             backoff_s=self.params.backoff_s, idempotent=idempotent)
 
     def client(self) -> Any:
@@ -242,7 +249,7 @@ class CvatConnection:
         pool_kw["retries"] = conf.retries  # retries are ours (bounded, logged); the SDK's would hide failures
         pool_kw["timeout"] = urllib3.util.Timeout(connect=self.params.timeout_s, read=self.params.timeout_s)
         self.server_version = self.retry("version check (GET /api/server/about)", lambda: self._about(client))
-        if not check_server_version(self.server_version, self.params.min_server_version, self.url):
+        if not check_server_version(self.server_version, self.params.min_server_version, self.shown_url):
             log.info("CVAT server %s is outside cvat-sdk's tested range (%s); its own version check is skipped",
                      self.server_version, ", ".join(str(v) for v in Client.SUPPORTED_SERVER_VERSIONS))
         creds = AccessTokenCredentials(self._token) if self._token else PasswordCredentials(self._username,
@@ -250,7 +257,7 @@ class CvatConnection:
         self.retry("login", lambda: client.login(creds))
         if self.params.organization:
             client.organization_slug = self.params.organization
-        log.info("connected to CVAT %s at %s", self.server_version, self.url)
+        log.info("connected to CVAT %s at %s", self.server_version, self.shown_url)
         return client
 
     def _about(self, client: Any) -> str:
@@ -260,7 +267,7 @@ class CvatConnection:
             _parse_response=False, _request_timeout=self.params.timeout_s)
         version = str(json.loads(resp.data).get("version") or "")
         if not version:
-            raise UserError(f"{self.url} answered /api/server/about without a version: is this a CVAT server?")
+            raise UserError(f"{self.shown_url} answered /api/server/about without a version: is this a CVAT server?")
         return version
 
     def close(self) -> None:
