@@ -23,7 +23,7 @@ Targets: ``grabcut`` from the pre-annotation NoC@90 <= 6; >= 30% fewer clicks (N
 from an empty canvas; <= 0.3 s per click (median) at 2 MP; ``sam`` cached click <= 5% of a cold prediction.
 Engine settings come from params.yaml ``refine`` (chosen on ecssd-train; ``--set grabcut.band=0.05`` overrides
 one for tuning, ``--data ecssd-train`` runs on the tuning set). Options: ``--limit N`` photos, ``--workers``,
-``--no-speed``, ``--no-sam``, ``--no-plain``.
+``--stride N`` (every Nth photo), ``--no-speed``, ``--no-sam``, ``--no-plain``, ``--plain-every N``.
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def _photo(args: tuple[str, str, str, bool]) -> dict[str, Any]:
 
 
 def quality(data: Path, limit: int | None, workers: int, refine_params: RefineParams, pre_params: PreannotateParams,
-            paths: Paths, engines: list[str], plain: bool, plain_every: int,
+            paths: Paths, engines: list[str], plain: bool, plain_every: int, stride: int = 1,
             ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    photos = sorted((data / "images").glob("*.jpg"))[: limit or None]
+    photos = sorted((data / "images").glob("*.jpg"))[::stride][: limit or None]
     jobs = [(p.stem, str(p), str(data / "masks" / f"{p.stem}.png"), i % plain_every == 0) for i, p in enumerate(photos)]
     init = (refine_params, pre_params, paths, engines, plain)
     t0 = time.perf_counter()
@@ -277,6 +277,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="ecssd-dev", help="folder under ../shared/data (tune on ecssd-train)")
     ap.add_argument("--limit", type=int, default=0, help="first N photos only (0 = all)")
+    ap.add_argument("--stride", type=int, default=1, help="every Nth photo only (a spread-out subset)")
+    ap.add_argument("--sam-photos", type=int, default=3)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--set", action="append", default=[], help="override a refine setting: grabcut.band=0.05")
     ap.add_argument("--no-speed", action="store_true")
@@ -306,7 +308,7 @@ def main() -> None:
     figures: dict[str, object] = {}
     failures: list[str] = []
     table, brush = quality(data, args.limit or None, args.workers, refine_params, pre_params, paths, engines,
-                           not args.no_plain, max(1, args.plain_every))
+                           not args.no_plain, max(1, args.plain_every), max(1, args.stride))
     for k, s in table.items():
         if "@" in k:
             continue
@@ -330,7 +332,7 @@ def main() -> None:
         if sp["grabcut_cpu_s_click_2mp_median"] > 0.3:
             failures.append(f"grabcut {sp['grabcut_cpu_s_click_2mp_median']:.3f} CPU s per click at 2 MP (> 0.3 s)")
     if not args.no_sam:
-        sl = sam_latency(data, args.sam_arch, n_photos=3)
+        sl = sam_latency(data, args.sam_arch, n_photos=args.sam_photos)
         figures.update(sl)
         if sl["sam_cached_frac"] > 0.05:
             failures.append(f"sam cached click costs {sl['sam_cached_frac']:.1%} of a cold prediction (> 5%)")
