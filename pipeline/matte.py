@@ -6,7 +6,7 @@ For every trimap written by the trimap stage (``paths.trimap/trimaps.parquet``):
    some foreground pixels) — a bad trimap fails that item with a reason, the others proceed;
 2. alpha is solved by the solver named in ``matte.solver`` (:data:`SOLVERS`): ``cf`` (closed-form,
    default) builds the matting Laplacian only for the band (:mod:`pipeline.matting_core`), split into
-   independent regions (and, with ``tile_px > 0``, tiles), solved by ``linear_solver``; ``knn``, ``lkm``, ``rw``, ``sm`` and
+   independent regions, each solved as a whole by Schwarz-preconditioned conjugate gradients (default); ``knn``, ``lkm``, ``rw``, ``sm`` and
    ``lbdm`` run pymatting's solver on each band region's crop (plus ``region_margin`` pixels). Known
    pixels come straight from the trimap;
 3. foreground colours are estimated with pymatting's multilevel method (``estimate_foreground_ml``), so
@@ -63,13 +63,14 @@ class MatteParams:
     epsilon: float = 1e-7           # closed-form regularisation (pymatting's default)
     radius: int = 1                 # closed-form window radius
     # cf: Schwarz-preconditioned CG (exact system, fast) / auto / sparse LU / incomplete Cholesky + CG
-    linear_solver: Literal["schwarz", "auto", "direct", "cg"] = "auto"
+    linear_solver: Literal["schwarz", "auto", "direct", "cg"] = "schwarz"
     rtol: float = 1e-7              # conjugate-gradient relative tolerance (cg solvers)
     maxiter: int = 10000            # conjugate-gradient iterations before "did not converge" (cg solvers)
     schwarz_tile_px: int = 256      # Schwarz subdomain size (pixels)
     schwarz_overlap_px: int = 16    # Schwarz subdomain overlap (pixels)
     schwarz_rtol: float = 1e-6      # Schwarz CG relative residual tolerance
-    tile_px: int = 512              # cut band regions into independent tiles (0 = never; > 0 approximates)
+    schwarz_memory_mb: float = 1100.0  # exact tile factors up to this size, else incomplete Cholesky (MB)
+    tile_px: int = 0                # cut band regions into independent tiles (0 = never; > 0 approximates)
     tile_margin: int = 32           # context around each independent tile (pixels)
     region_margin: int = 16         # context around each region crop for the non-cf solvers
     threads: int = 1                # regions solved concurrently inside one item
@@ -91,6 +92,8 @@ class MatteParams:
         if self.schwarz_tile_px < 16 or self.schwarz_overlap_px < 2 * self.radius:
             raise ValueError(f"schwarz_tile_px must be >= 16 and schwarz_overlap_px >= 2 * radius, got "
                              f"{self.schwarz_tile_px} and {self.schwarz_overlap_px}")
+        if self.schwarz_memory_mb < 0:
+            raise ValueError(f"schwarz_memory_mb must be >= 0, got {self.schwarz_memory_mb}")
         if not 0 < self.schwarz_rtol < 1:
             raise ValueError(f"schwarz_rtol must be in (0, 1), got {self.schwarz_rtol}")
         if self.tile_margin < 2 * self.radius:
@@ -125,6 +128,7 @@ def _solve_cf(image: np.ndarray, trimap: np.ndarray, p: MatteParams) -> np.ndarr
         image, trimap, epsilon=p.epsilon, radius=p.radius, rtol=p.rtol, maxiter=p.maxiter,
         tile_px=p.tile_px, tile_margin=p.tile_margin, threads=p.threads, linear_solver=p.linear_solver,
         schwarz_tile_px=p.schwarz_tile_px, schwarz_overlap_px=p.schwarz_overlap_px, schwarz_rtol=p.schwarz_rtol,
+        schwarz_memory_mb=p.schwarz_memory_mb,
     )
 
 

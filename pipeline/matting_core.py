@@ -323,6 +323,42 @@ def schwarz_tiles(uy: np.ndarray, ux: np.ndarray, tile_px: int, overlap_px: int)
     return tiles, owner.astype(np.int64).ravel()
 
 
+# bytes of single-precision SuperLU factors per subdomain unknown (measured on 3x alphamatting bands with
+# 256 px tiles and 16 px overlap: 1.45 KB on GT07, 1.86 KB on GT04's wide fur band); chooses the local level
+LU_BYTES_PER_UNKNOWN = 1900
+
+
+def coarse_space(uy: np.ndarray, ux: np.ndarray, owner: np.ndarray, colours: np.ndarray | None) -> Any:
+    """The coarse basis ``Z`` (sparse ``(n, k)``): per tile the indicator of the unknowns it owns and, when
+    ``colours`` (float ``(n, 3)``) is given, also the owned unknowns' colours minus the tile's mean colour:
+    the locally affine-in-colour functions the matting Laplacian nearly annihilates (its near null space)."""
+    import scipy.sparse
+
+    n = owner.size
+    nt = int(owner.max()) + 1
+    if colours is None:
+        return scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), owner)), shape=(n, nt))
+    count = np.bincount(owner, minlength=nt).astype(np.float64)
+    mean = np.stack([np.bincount(owner, colours[:, c], minlength=nt) / count for c in range(3)], axis=1)
+    vals = np.concatenate([np.ones((n, 1)), colours - mean[owner]], axis=1)
+    cols = 4 * owner[:, None] + np.arange(4)[None, :]
+    return scipy.sparse.csr_matrix((vals.ravel(), (np.repeat(np.arange(n), 4), cols.ravel())), shape=(n, 4 * nt))
+
+
+def _coarse_solver(mat: Any, Z: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``v -> Z (Z^T A Z)^-1 Z^T v`` (Cholesky of the small Galerkin matrix, a tiny shift for rank safety)."""
+    import scipy.linalg
+
+    A0 = np.asarray((Z.T @ (mat @ Z)).todense())
+    A0 += np.eye(A0.shape[0]) * 1e-12 * float(np.abs(np.diag(A0)).max())
+    try:
+        factor = scipy.linalg.cho_factor(A0)
+        return lambda v: Z @ scipy.linalg.cho_solve(factor, Z.T @ v)  # type: ignore[no-any-return]
+    except np.linalg.LinAlgError:
+        pinv = np.linalg.pinv(A0)
+        return lambda v: Z @ (pinv @ (Z.T @ v))  # type: ignore[no-any-return]
+
+
 def solve_schwarz(
     A: object,
     b: np.ndarray,
@@ -334,19 +370,23 @@ def solve_schwarz(
     rtol: float = 1e-6,
     maxiter: int = 500,
     threads: int = 1,
+    colours: np.ndarray | None = None,
+    memory_mb: float = 1100.0,
 ) -> tuple[np.ndarray, SchwarzStats]:
     """Solve ``A x = b`` (sparse SPD, one row per unknown pixel at ``(uy[i], ux[i])``) by conjugate
-    gradients preconditioned with two-level additive Schwarz.
+    gradients with a two-level preconditioner; stops when ``|b - A x| <= rtol |b|``.
 
-    Level 1: :func:`schwarz_tiles` subdomains, each factorised exactly (SuperLU of ``A[idx][:, idx]``,
-    symmetric mode); level 2: the Galerkin coarse matrix ``Z^T A Z`` of one constant per tile (``Z`` the
-    0/1 ownership matrix). ``M^-1 r = sum_t R_t^T A_t^-1 R_t r + Z (Z^T A Z)^-1 Z^T r`` is symmetric
-    positive definite, so plain preconditioned CG applies; it stops when ``|b - A x| <= rtol |b|``.
-    A system that fits one tile is solved directly. Returns ``x`` (float64 ``(n,)``) and
-    :class:`SchwarzStats`; raises :class:`SolverError` naming ``where`` on a failed factorisation or
-    no convergence within ``maxiter`` iterations.
+    Local level, chosen by memory: when the region's single-precision LU factors fit ``memory_mb``
+    (estimated at :data:`LU_BYTES_PER_UNKNOWN`), **additive Schwarz**: :func:`schwarz_tiles` subdomains,
+    each factorised exactly (SuperLU of ``A[idx][:, idx]`` in float32, symmetric mode), coarse level one
+    constant per tile. Otherwise (wide bands of large photos) a **thresholded incomplete Cholesky** of the
+    whole region (pymatting's ``ichol``, threshold 1e-3, a tenth of the memory) with a richer coarse
+    level: per 64 px tile a constant and the three colour channels (``colours``, float ``(n, 3)``; see
+    :func:`coarse_space`). Both levels are added: ``M^-1 = local^-1 + Z (Z^T A Z)^-1 Z^T``. CG uses the
+    flexible (Polak-Ribiere) update, robust to the single-precision local solves. A system that fits one
+    tile is solved directly. Returns ``x`` (float64 ``(n,)``) and :class:`SchwarzStats`; raises
+    :class:`SolverError` naming ``where`` on a failed factorisation or no convergence within ``maxiter``.
     """
-    import scipy.linalg
     import scipy.sparse
     import scipy.sparse.linalg as sla
 
@@ -358,43 +398,58 @@ def solve_schwarz(
     if len(tiles) == 1:
         x = solve_spd(mat, b, rtol, maxiter, where, method="direct")
         return x, SchwarzStats(n, 1, 0, 0.0)
+    local: Callable[[np.ndarray], np.ndarray]
+    if sum(t.size for t in tiles) * LU_BYTES_PER_UNKNOWN <= memory_mb * 2**20:
+        def factor(idx: np.ndarray) -> Any:
+            sub = scipy.sparse.csc_matrix(mat[idx][:, idx], dtype=np.float32)
+            try:
+                return sla.splu(sub, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
+            except (RuntimeError, MemoryError) as exc:
+                raise SolverError(f"{where}: Schwarz subdomain factorisation failed ({exc}); "
+                                  "try matte.linear_solver: cg") from exc
 
-    def factor(idx: np.ndarray) -> Any:
-        sub = scipy.sparse.csc_matrix(mat[idx][:, idx])
-        try:
-            return sla.splu(sub, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
-        except (RuntimeError, MemoryError) as exc:
-            raise SolverError(f"{where}: Schwarz subdomain factorisation failed ({exc}); "
-                              "try matte.linear_solver: cg") from exc
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                lus = list(pool.map(factor, tiles))
+        else:
+            lus = [factor(idx) for idx in tiles]
 
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            lus = list(pool.map(factor, tiles))
+        def local_lu(r: np.ndarray) -> np.ndarray:
+            z = np.zeros_like(r)
+            r32 = r.astype(np.float32)
+            for idx, lu in zip(tiles, lus, strict=True):
+                z[idx] += lu.solve(r32[idx])
+            return z
+
+        local = local_lu
+        Z = coarse_space(uy, ux, owner, None)
+        n_tiles = len(tiles)
     else:
-        lus = [factor(idx) for idx in tiles]
-    Z = scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), owner)), shape=(n, len(tiles)))
-    A0 = np.asarray((Z.T @ (mat @ Z)).todense())
-    try:
-        coarse = scipy.linalg.cho_factor(A0)
-        coarse_solve: Callable[[np.ndarray], np.ndarray] = lambda v: scipy.linalg.cho_solve(coarse, v)  # noqa: E731
-    except np.linalg.LinAlgError:
-        pinv = np.linalg.pinv(A0)
-        coarse_solve = lambda v: pinv @ v  # noqa: E731
+        from pymatting import ichol
+
+        try:
+            local = ichol(scipy.sparse.csc_matrix(mat), discard_threshold=1e-3,
+                          shifts=[1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0])
+        except ValueError as exc:
+            raise SolverError(f"{where}: incomplete Cholesky preconditioner failed: {exc}") from exc
+        small, owner = schwarz_tiles(uy, ux, 64, 0)
+        Z = coarse_space(uy, ux, owner, colours)
+        n_tiles = len(small)
+        del small
+    coarse = _coarse_solver(mat, Z)
 
     def precondition(r: np.ndarray) -> np.ndarray:
-        z: np.ndarray = Z @ coarse_solve(Z.T @ r)
-        for idx, lu in zip(tiles, lus, strict=True):
-            z[idx] += lu.solve(r[idx])
-        return z
+        return local(r) + coarse(r)
 
     norm_b = float(np.linalg.norm(b))
     x = np.zeros(n)
     if norm_b == 0.0:
-        return x, SchwarzStats(n, len(tiles), 0, 0.0)
+        return x, SchwarzStats(n, n_tiles, 0, 0.0)
     r = b.copy()
     z = precondition(r)
     p = z.copy()
     rz = float(r @ z)
+    res = 1.0
     for it in range(1, maxiter + 1):
         Ap = mat @ p
         step = rz / float(p @ Ap)
@@ -404,14 +459,14 @@ def solve_schwarz(
         if not np.isfinite(res):
             raise SolverError(f"{where}: Schwarz-preconditioned CG produced non-finite values")
         if res <= rtol:
-            return x, SchwarzStats(n, len(tiles), it, res)
-        z = precondition(r)
-        rz_new = float(r @ z)
-        p = z + (rz_new / rz) * p
-        rz = rz_new
+            return x, SchwarzStats(n, n_tiles, it, res)
+        z_new = precondition(r)
+        rz_new = float(r @ z_new)
+        p = z_new + (float(r @ (z_new - z)) / rz) * p  # flexible (Polak-Ribiere) CG
+        z, rz = z_new, rz_new
     raise SolverError(
         f"{where}: Schwarz-preconditioned CG did not reach rtol={rtol:g} within {maxiter} iterations "
-        f"(residual {res:.2e}); raise matte.schwarz_maxiter or use matte.linear_solver: cg"
+        f"(residual {res:.2e}); raise matte.maxiter or use matte.linear_solver: cg"
     )
 
 
@@ -477,6 +532,7 @@ def solve_band_cf(
     schwarz_tile_px: int = 256,
     schwarz_overlap_px: int = 16,
     schwarz_rtol: float = 1e-6,
+    schwarz_memory_mb: float = 1100.0,
 ) -> np.ndarray:
     """Closed-form alpha solved only in the trimap's unknown band.
 
@@ -484,7 +540,7 @@ def solve_band_cf(
     ``{0, 128, 255}``. Returns alpha float64 ``(H, W)`` in ``[0, 1]`` (known pixels straight from the
     trimap). ``linear_solver``: ``auto``, ``direct`` (sparse LU) or ``cg`` (see :func:`solve_spd`), or
     ``schwarz`` (:func:`solve_schwarz` with ``schwarz_tile_px``, ``schwarz_overlap_px``,
-    ``schwarz_rtol``; at most ``maxiter`` iterations). ``tile_px = 0`` solves each band region as one
+    ``schwarz_rtol``, ``schwarz_memory_mb``; at most ``maxiter`` iterations). ``tile_px = 0`` solves each band region as one
     system (exact up to the solver tolerance); ``tile_px > 0`` cuts regions into independent tiles (an
     approximation). ``threads > 1`` solves regions concurrently (the numba kernels and the ichol
     factorisation release the GIL).
@@ -505,7 +561,8 @@ def solve_band_cf(
         if linear_solver == "schwarz":
             uy, ux = np.nonzero(reg.solve_mask)
             x, stats = solve_schwarz(A, b, uy, ux, at, tile_px=schwarz_tile_px, overlap_px=schwarz_overlap_px,
-                                     rtol=schwarz_rtol, maxiter=maxiter)
+                                     rtol=schwarz_rtol, maxiter=maxiter, colours=sub[uy, ux],
+                                     memory_mb=schwarz_memory_mb)
             log.debug("%s: %d unknowns, %d tiles, %d iterations", at, stats.unknowns, stats.tiles, stats.iterations)
         else:
             x = solve_spd(A, b, rtol, maxiter, method=linear_solver, where=at)

@@ -80,12 +80,29 @@ def test_schwarz_default_matches_exact_within_tolerance_on_real_photo(alphamatti
     assert np.array_equal(fast[known], (tri[known] == 255).astype(float))
 
 
-def test_matte_with_schwarz_matches_direct() -> None:
+def test_matte_default_is_schwarz_and_matches_direct() -> None:
     img, tri = ring(seed=1)
-    p = MatteParams(linear_solver="schwarz", tile_px=0, schwarz_tile_px=32, foreground=False)
+    assert MatteParams().linear_solver == "schwarz" and MatteParams().tile_px == 0
+    p = MatteParams(schwarz_tile_px=32, foreground=False)
     fast = matte(img, tri, p).alpha
     exact = solve_band_cf(img, tri, linear_solver="direct")
     assert np.abs(fast - exact).max() < 1e-3
+
+
+def test_incomplete_cholesky_level_when_tile_factors_exceed_the_memory_budget() -> None:
+    """``memory_mb=0``: no exact tile factors fit, the incomplete-Cholesky local level with the colour
+    coarse space is used instead and reaches the same exact solution."""
+    img, tri = ring(seed=2)
+    unknown = tri == 128
+    A, b = band_system(img / 255.0, unknown, (tri == 255).astype(float))
+    uy, ux = np.nonzero(unknown)
+    from pipeline.matting_core import solve_spd
+
+    exact = solve_spd(A, b, 1e-7, 1000, "test", method="direct")
+    colours = img[uy, ux] / 255.0
+    x, stats = solve_schwarz(A, b, uy, ux, "test", tile_px=24, overlap_px=4, rtol=1e-9, colours=colours, memory_mb=0)
+    assert stats.iterations > 1 and stats.residual <= 1e-9
+    assert np.abs(x - exact).max() < 1e-5
 
 
 def test_schwarz_that_does_not_converge_names_the_region() -> None:
