@@ -46,8 +46,8 @@ def load(name: str, trimap: str, scale: int) -> tuple[np.ndarray, np.ndarray, np
     """image uint8, trimap uint8, gt alpha float32 for one photo; ``trimap == "own"`` builds maskloop's."""
     import cv2
 
-    from pipeline import io
-    from pipeline.trimap import TrimapParams, make_trimap
+    from pipeline.core import io
+    from pipeline.matting.trimap import TrimapParams, make_trimap
 
     d = shared_data() / "alphamatting-dev"
     img = io.read_image(d / "images" / f"{name}.png")
@@ -66,7 +66,7 @@ def load(name: str, trimap: str, scale: int) -> tuple[np.ndarray, np.ndarray, np
 def solve(method: str, img: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, float, float]:
     """alpha (float64), solve CPU seconds and wall seconds of one method: ``pymatting`` (full frame),
     ``exact`` (maskloop, ``linear_solver: auto``, no tiles) or ``maskloop`` (the ``matte`` defaults)."""
-    from pipeline.matte import MatteParams, _solve_cf
+    from pipeline.stages.matte import MatteParams, _solve_cf
 
     c0, t0 = time.process_time(), time.perf_counter()
     if method == "pymatting":
@@ -84,7 +84,7 @@ def solve(method: str, img: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, fl
 
 def measure(method: str, name: str, trimap: str, scale: int) -> dict:
     """In-process solve + scores (no peak memory)."""
-    from pipeline.matting_metrics import score
+    from pipeline.matting.metrics import score
 
     img, tri, gt = load(name, trimap, scale)
     alpha, cpu, wall = solve(method, img, tri)
@@ -96,7 +96,7 @@ def measure(method: str, name: str, trimap: str, scale: int) -> dict:
 def worker(args: argparse.Namespace) -> None:
     """Child process: one solve; saves alpha in the unknown band to ``--save``; prints JSON with CPU and
     wall seconds, peak RSS and the four errors."""
-    from pipeline.matting_metrics import score
+    from pipeline.matting.metrics import score
 
     img, tri, gt = load(args.name, args.trimap, args.scale)
     alpha, cpu, wall = solve(args.method, img, tri)

@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import export, io
-from pipeline.composite import blend
-from pipeline.cutout import CutoutError, cutout, decode_cutout, read_alpha_native
-from pipeline.matte import encode_alpha
+from pipeline.core import io
+from pipeline.dataset.cutout import CutoutError, cutout, decode_cutout, read_alpha_native
+from pipeline.matting.composite import blend
+from pipeline.stages import export
+from pipeline.stages.matte import encode_alpha
 from tests.loop.conftest import make_project
 
 

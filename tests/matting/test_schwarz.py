@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.matte import MatteParams, matte
-from pipeline.matting_core import SolverError, band_system, schwarz_tiles, solve_band_cf, solve_schwarz
-from pipeline.trimap import TextureParams, TrimapParams, make_trimap
+from pipeline.core import io
+from pipeline.matting.solve import SolverError, band_system, schwarz_tiles, solve_band_cf, solve_schwarz
+from pipeline.matting.trimap import TextureParams, TrimapParams, make_trimap
+from pipeline.stages.matte import MatteParams, matte
 
 
 def ring(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def test_schwarz_equals_direct_on_synthetic_ring() -> None:
     unknown = tri == 128
     A, b = band_system(img / 255.0, unknown, (tri == 255).astype(float))
     uy, ux = np.nonzero(unknown)
-    from pipeline.matting_core import solve_spd
+    from pipeline.matting.solve import solve_spd
 
     exact = solve_spd(A, b, 1e-7, 1000, "test", method="direct")
     x, stats = solve_schwarz(A, b, uy, ux, "test", tile_px=24, overlap_px=4, rtol=1e-9)
@@ -96,7 +96,7 @@ def test_incomplete_cholesky_level_when_tile_factors_exceed_the_memory_budget() 
     unknown = tri == 128
     A, b = band_system(img / 255.0, unknown, (tri == 255).astype(float))
     uy, ux = np.nonzero(unknown)
-    from pipeline.matting_core import solve_spd
+    from pipeline.matting.solve import solve_spd
 
     exact = solve_spd(A, b, 1e-7, 1000, "test", method="direct")
     colours = img[uy, ux] / 255.0
