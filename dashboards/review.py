@@ -487,6 +487,10 @@ def overview_page(project: data.Project, queue_all: pd.DataFrame) -> None:
             if not lead.empty:
                 st.caption("median annotation lead time (s) — should fall from round to round")
                 st.bar_chart(lead, height=220)
+            noc = by_model["simulated_noc90"].dropna()
+            if not noc.empty:
+                st.caption("simulated clicks to IoU 0.90 from the pre-annotation (NoC@90, `maskloop evaluate`)")
+                st.bar_chart(noc, height=220)
     st.markdown("#### Metrics between dataset versions")
     revs = data.revisions(project)
     labels = {r.rev: r.label for r in revs}

@@ -146,6 +146,11 @@ def test_evaluate_reports_test_metrics_and_correction_effort(trained: Path, monk
     assert io.read_json(trained / "metrics/evaluate.json") == metrics
     table = io.read_parquet(trained / "data/evaluate/effort_items.parquet")
     assert list(table["unchanged"]) == [True, False]
+    # simulated clicks (grabcut refine engine): none for the accepted mask, at least one for the redrawn one
+    noc90 = [float(v) for v in table["noc90"]]
+    assert effort["noc_items"] == 2 and noc90[0] == 0 and noc90[1] >= 1
+    assert effort["mean_noc90"] == float(table["noc90"].mean())
+    assert io.read_json(trained / "metrics/effort.json")[0]["mean_noc90"] == effort["mean_noc90"]
     from pipeline.commands.status import SECTIONS
     from pipeline.core.params import load_paths
 
