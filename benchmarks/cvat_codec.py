@@ -17,8 +17,8 @@ import numpy as np
 from _common import finish, shared_data
 from cvat_sdk import masks as sdk
 
-from pipeline import io
 from pipeline.annotation import cvat_codec as ours
+from pipeline.core import io
 
 
 def _interleaved(a: Callable[[], object], b: Callable[[], object], reps: int) -> tuple[float, float]:

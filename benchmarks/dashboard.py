@@ -43,7 +43,7 @@ def main() -> None:
 
     from dashboards import data
     from dashboards.store import DecisionStore
-    from pipeline import io
+    from pipeline.core import io
     from tests.dashboard.synth import make_project
 
     app_file = str(REPO / "dashboards" / "review.py")

@@ -22,9 +22,9 @@ from typing import Any
 import cv2
 from _common import finish, shared_data, tree_peak_rss_mb
 
-from pipeline import io
-from pipeline.params import RunnerParams
-from pipeline.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core import io
+from pipeline.core.params import RunnerParams
+from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import finish, shared_data
-from pipeline import io
 from pipeline.annotation import brush
+from pipeline.core import io
 
 
 def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

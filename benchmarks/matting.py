@@ -38,8 +38,8 @@ def load(name: str, trimap: str, scale: int) -> tuple[np.ndarray, np.ndarray, np
     """image uint8, trimap uint8, gt alpha float32 for one photo; ``trimap == "own"`` builds maskloop's."""
     import cv2
 
-    from pipeline import io
-    from pipeline.trimap import TrimapParams, make_trimap
+    from pipeline.core import io
+    from pipeline.matting.trimap import TrimapParams, make_trimap
 
     d = shared_data() / "alphamatting-dev"
     img = io.read_image(d / "images" / f"{name}.png")
@@ -57,7 +57,7 @@ def load(name: str, trimap: str, scale: int) -> tuple[np.ndarray, np.ndarray, np
 
 def solve(method: str, img: np.ndarray, tri: np.ndarray, tile_px: int = 0, threads: int = 1) -> tuple[np.ndarray, float]:
     """alpha (float64) and solve seconds of one method."""
-    from pipeline.matting_core import solve_band_cf
+    from pipeline.matting.solve import solve_band_cf
 
     t0 = time.perf_counter()
     if method == "pymatting":
@@ -71,7 +71,7 @@ def solve(method: str, img: np.ndarray, tri: np.ndarray, tile_px: int = 0, threa
 
 def measure(method: str, name: str, trimap: str, scale: int, tile_px: int = 0, threads: int = 1) -> dict:
     """In-process solve + scores (no peak memory)."""
-    from pipeline.matting_metrics import score
+    from pipeline.matting.metrics import score
 
     img, tri, gt = load(name, trimap, scale)
     alpha, seconds = solve(method, img, tri, tile_px, threads)
@@ -82,7 +82,7 @@ def measure(method: str, name: str, trimap: str, scale: int, tile_px: int = 0, t
 
 def worker(args: argparse.Namespace) -> None:
     """Child process: one solve; prints JSON with seconds, peak RSS and the four errors."""
-    from pipeline.matting_metrics import score
+    from pipeline.matting.metrics import score
 
     img, tri, gt = load(args.name, args.trimap, args.scale)
     alpha, seconds = solve(args.method, img, tri, args.tile_px, args.threads)

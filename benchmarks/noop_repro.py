@@ -30,7 +30,7 @@ from _common import REPO, finish
 
 TARGET_S = 3.0
 BIN = REPO / ".venv" / "bin"
-WATCHED = ("data", "models", "metrics", "dvc.lock", "annotation/dvc.lock")
+WATCHED = ("data", "models", "metrics", "dvc.lock", "always_run/dvc.lock")
 
 
 def _env() -> dict[str, str]:

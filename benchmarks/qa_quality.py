@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import finish, shared_data
-from pipeline import io
+from pipeline.core import io
 from qa.checks import CHECKS, QAParams, hole_limit, island_limit, run_checks
 from qa.phash import cluster, phash
 

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import finish, shared_data
-from pipeline import io
+from pipeline.core import io
 from qa.checks import QAParams, binarise, check_holes, check_islands, run_checks
 from qa.components import components
 from qa.phash import phash

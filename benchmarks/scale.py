@@ -39,9 +39,9 @@ os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 import yaml
 from _common import REPO, finish, shared_data
 
-from pipeline import io
-from pipeline.params import RayParams, RunnerParams
-from pipeline.runner import ItemResult, Stage, WorkItem, run_stage
+from pipeline.core import io
+from pipeline.core.params import RayParams, RunnerParams
+from pipeline.core.runner import ItemResult, Stage, WorkItem, run_stage
 
 TARGET_RATIO = 0.8
 MODEL_WORKERS = (8, 64, 512)
@@ -116,7 +116,7 @@ def _tree_digest(root: Path) -> str:
 
 
 def _time_matte(proj: Path, params: Path) -> tuple[float, list[float], str]:
-    from pipeline import matte
+    from pipeline.stages import matte
 
     shutil.rmtree(proj / ".maskloop" / "state" / "matte", ignore_errors=True)
     shutil.rmtree(proj / "data" / "matte", ignore_errors=True)
@@ -165,8 +165,7 @@ def main() -> None:
         local = _params_file(proj, "params-local.yaml", {"executor": "local", "workers": args.workers,
                                                           "progress": False})
         os.chdir(proj)
-        from pipeline import curate, ingest, trimap
-        from pipeline.preannotate import stage as preannotate
+        from pipeline.stages import curate, ingest, preannotate, trimap
 
         for mod in (ingest, preannotate, curate, trimap):
             mod.run(local)

@@ -40,9 +40,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.errors import UserError
-from pipeline.params import Paths, load_paths
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.core.params import Paths, load_paths
 
 log = logging.getLogger(__name__)
 

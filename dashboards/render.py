@@ -1,6 +1,6 @@
 """Pictures for the review dashboard: pure functions that return new images, plus an on-disk thumbnail cache.
 
-Conventions (as in :mod:`pipeline.io`): images are RGB ``uint8`` ``(H, W, 3)``; masks ``uint8`` ``(H, W)``
+Conventions (as in :mod:`pipeline.core.io`): images are RGB ``uint8`` ``(H, W, 3)``; masks ``uint8`` ``(H, W)``
 ``{0, 255}`` (any non-zero value counts as foreground here); trimaps ``{0, 128, 255}``; alpha ``uint8``
 ``0..255``. No function modifies its inputs.
 
@@ -266,7 +266,7 @@ class ThumbnailCache:
     def get(self, sources: Sequence[Path | None], settings: str, make: Callable[[], np.ndarray]) -> bytes:
         """JPEG bytes of the thumbnail for ``sources`` + ``settings``, rendering with ``make()`` (RGB uint8)
         and storing it when not cached."""
-        from pipeline import io
+        from pipeline.core import io
 
         path = self.path_for(self.key(sources, settings))
         try:

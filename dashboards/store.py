@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from qa.decisions import DECISION_COLUMNS, DECISION_KINDS, ReviewDecision
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def export_decisions(db: Path, parquet: Path) -> int:
     columns, so a fresh clone's ``dvc repro`` works. The write is atomic and byte-stable for the same rows."""
     import pandas as pd
 
-    from pipeline import io
+    from pipeline.core import io
 
     decisions = DecisionStore(db).all() if Path(db).is_file() else []
     df = pd.DataFrame(

@@ -18,8 +18,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import UserError
-from pipeline.params import DEFAULT_PARAMS, ParamsError
+from pipeline.core.errors import UserError, user_message
+from pipeline.core.params import DEFAULT_PARAMS, ParamsError
 
 log = logging.getLogger("pipeline")
 
@@ -27,12 +27,12 @@ class _App(typer.Typer):
     """Typer app whose expected errors (in any command) print as one sentence instead of a traceback."""
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        from pipeline.runner import SetupFailed, StageFailed
+        from pipeline.core.runner import SetupFailed, StageFailed
 
         try:
             return super().__call__(*args, **kwargs)
-        except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        except (UserError, ParamsError, StageFailed, SetupFailed, OSError) as exc:
+            typer.secho(f"error: {user_message(exc)}", fg=typer.colors.RED, err=True)
             sys.exit(1)
 
 
@@ -54,28 +54,30 @@ RetryOption = Annotated[
 
 # name -> (module exposing run(params_path, retry_failed), one-line help). Keep in data-flow order.
 STAGES: dict[str, tuple[str, str]] = {
-    "ingest": ("pipeline.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
-    "preannotate": ("pipeline.preannotate.stage", "Pre-annotate every item (grabcut, deeplabv3, sam or the trained model)."),
-    "curate": ("pipeline.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
-    "trimap": ("pipeline.trimap", "Trimaps: an unknown band around each curated mask (widened on textured edges)."),
-    "matte": ("pipeline.matte", "Alpha mattes solved only in the trimap's unknown band, plus foreground colours."),
-    "composite": ("pipeline.composite", "Seeded Deep-Image-Matting composites over the background pool, with lineage."),
-    "export": ("pipeline.export", "Versioned dataset: COCO RLE, matting folders, leak-free stratified splits, card."),
-    "train": ("pipeline.train", "Train the binary segmenter (LR-ASPP/DeepLabV3 MobileNetV3) on the export."),
-    "evaluate": ("pipeline.evaluate", "Test-split IoU/F/boundary F/MAE and correction effort per model version."),
+    "ingest": ("pipeline.stages.ingest", "Scan the raw image folder: validate, hash, deduplicate, write the manifest."),
+    "preannotate": ("pipeline.stages.preannotate", "Pre-annotate every item (grabcut, deeplabv3, sam or the trained model)."),
+    "curate": ("pipeline.stages.curate", "QA checks, safe fixes and review decisions -> final masks, QA report, review queue."),
+    "trimap": ("pipeline.stages.trimap", "Trimaps: an unknown band around each curated mask (widened on textured edges)."),
+    "matte": ("pipeline.stages.matte", "Alpha mattes solved only in the trimap's unknown band, plus foreground colours."),
+    "composite": ("pipeline.stages.composite", "Seeded Deep-Image-Matting composites over the background pool, with lineage."),
+    "export": ("pipeline.stages.export", "Versioned dataset: COCO RLE, matting folders, leak-free stratified splits, card."),
+    "train": ("pipeline.stages.train", "Train the binary segmenter (LR-ASPP/DeepLabV3 MobileNetV3) on the export."),
+    "evaluate": ("pipeline.stages.evaluate", "Test-split IoU/F/boundary F/MAE and correction effort per model version."),
 }
 
 # Commands that are not plain stages -> the module whose register(app) adds them (and its sibling commands).
 COMMANDS: dict[str, str] = {
-    "status": "pipeline.status",
-    "push": "pipeline.annotation.stages",
-    "pull": "pipeline.annotation.stages",
-    "review": "pipeline.review_cmd",
-    "review-export": "pipeline.review_cmd",
-    "qa-check": "qa.command",
-    "sam-prompt": "pipeline.preannotate.prompt_cmd",
-    "evaluate-matting": "pipeline.evaluate_matting",
-    "promote": "pipeline.promote",
+    "status": "pipeline.commands.status",
+    "push": "pipeline.stages.push",
+    "pull": "pipeline.stages.pull",
+    "review": "pipeline.commands.review",
+    "review-export": "pipeline.commands.review",
+    "qa-check": "pipeline.commands.qa_check",
+    "sam-prompt": "pipeline.commands.sam_prompt",
+    "evaluate-matting": "pipeline.commands.evaluate_matting",
+    "promote": "pipeline.commands.promote",
+    "models": "pipeline.commands.models",
+    "assist": "pipeline.commands.assist",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -101,12 +103,12 @@ def main(
 
 def run_guarded(fn: object, *args: object, **kwargs: object) -> object:
     """Call ``fn``; print expected errors as one clear sentence and exit 1 (no traceback)."""
-    from pipeline.runner import SetupFailed, StageFailed
+    from pipeline.core.runner import SetupFailed, StageFailed
 
     try:
         return fn(*args, **kwargs)  # type: ignore[operator]
-    except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    except (UserError, ParamsError, StageFailed, SetupFailed, OSError) as exc:
+        typer.secho(f"error: {user_message(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
 

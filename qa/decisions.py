@@ -50,7 +50,7 @@ class ReviewDecision:
 
 def read_decisions(path: Path) -> list[ReviewDecision]:
     """All decisions in the Parquet export at ``path`` (empty when the file does not exist yet)."""
-    from pipeline import io
+    from pipeline.core import io
 
     path = Path(path)
     if not path.is_file():

@@ -72,7 +72,7 @@ def _near_duplicate_rows(records: Mapping[str, Mapping[str, Any]], params: QAPar
 
 
 def build_tables(result: Any, params: QAParams, uncertainty: Mapping[str, float]) -> CurateTables:
-    """Tables and metrics from a curate :class:`pipeline.runner.StageResult` (records sorted by item id)."""
+    """Tables and metrics from a curate :class:`pipeline.core.runner.StageResult` (records sorted by item id)."""
     records: dict[str, Mapping[str, Any]] = dict(result.records)
     groups, dup_rows = _near_duplicate_rows(records, params)
 
@@ -164,7 +164,7 @@ def status_lines(paths: Any) -> list[str]:
     """The ``[qa]`` section of ``maskloop status``: included/verified counts, findings by check, queue."""
     from pathlib import Path
 
-    from pipeline import io
+    from pipeline.core import io
 
     metrics_path = Path(paths.metrics) / "qa.json"
     if not metrics_path.is_file():

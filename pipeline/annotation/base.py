@@ -1,6 +1,6 @@
 """The one push/pull interface every annotation backend implements (Label Studio, CVAT, files, none).
 
-Stages ``push`` and ``pull`` (``pipeline/annotation/stages.py``) build :class:`PushItem` rows from the
+Stages ``push`` and ``pull`` (``pipeline/stages/push.py``, ``pipeline/stages/pull.py``) build :class:`PushItem` rows from the
 pre-annotations and review decisions, call the backend selected by ``annotation.backend`` and persist
 what comes back: the **receipt** (item <-> task mapping, ``paths.annotation/receipt.parquet``) and the
 **corrections** (``paths.corrections/masks/<item_id>.png`` + ``corrections.parquet``). Backends never
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 RECEIPT_COLUMNS = (
     "item_id", "backend", "project_id", "task_id", "frame", "prediction_digest", "model_version", "pushed_digest",

@@ -22,7 +22,7 @@ job's; ``annotation_id`` = ``job<id>:frame<n>``.
 
 Errors: connection problems and HTTP 429/5xx are retried ``max_retries`` times with exponential backoff for
 idempotent requests (creating a task is never blindly retried: a re-run finds what was created by frame name);
-then one clear :class:`~pipeline.errors.UserError`.
+then one clear :class:`~pipeline.core.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from pipeline import io
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import Paths, from_mapping
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import Paths, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -672,7 +672,7 @@ class CvatBackend:
 
 def make_backend(settings: Mapping[str, Any], paths: Paths, where: str = "params.yaml:annotation.cvat") -> CvatBackend:
     """Factory registered in ``BACKENDS``: params from ``settings``, credentials from the environment / ``.env``."""
-    from pipeline.secrets import get_secret
+    from pipeline.core.secrets import get_secret
 
     params = from_mapping(CvatParams, dict(settings), where)
     token = get_secret(params.access_token_env, what="a CVAT access token", required=False)

@@ -38,8 +38,8 @@ from pipeline.annotation.base import (
     PushOutcome,
     ReceiptRow,
 )
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import Paths, from_mapping
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import Paths, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ class FilesBackend:
         return out
 
     def _image_names(self) -> dict[str, str]:
-        from pipeline.items import load_manifest
+        from pipeline.core.items import load_manifest
 
         if not Path(self.paths.manifest).is_file():
             return {}

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import io
 from pipeline.annotation.base import PullProblem
 from pipeline.annotation.files import ExportedAnnotation, FormatReader, ReadOptions
+from pipeline.core import io
 
 log = logging.getLogger(__name__)
 

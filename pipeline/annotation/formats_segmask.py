@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline import io
 from pipeline.annotation.files import ExportedAnnotation, FormatReader, ReadOptions
 from pipeline.annotation.formats_cvat import check_labels, counted, is_item_id
+from pipeline.core import io
 
 log = logging.getLogger(__name__)
 

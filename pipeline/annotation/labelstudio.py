@@ -13,7 +13,7 @@ Talks to the Label Studio REST API (tested against 1.23.2) with ``requests``:
   export) and :func:`pipeline.annotation.files.resolve_corrections`.
 
 Every request is retried on connection errors, timeouts and 5xx answers with exponential backoff
-(``max_retries``, ``backoff_s``); then a :class:`~pipeline.errors.UserError` names the URL and what failed.
+(``max_retries``, ``backoff_s``); then a :class:`~pipeline.core.errors.UserError` names the URL and what failed.
 A rejected token gives an authentication error naming the environment variable, never the token.
 """
 
@@ -26,15 +26,16 @@ import mimetypes
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
-from pipeline import io
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import Paths, from_mapping
+from pipeline.annotation.labelstudio_ml import AssistParams
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import Paths, from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class LabelStudioParams:
     page_size: int = 500
     alpha_threshold: int = 128
     archive_removed: bool = False
+    assist: AssistParams = field(default_factory=AssistParams)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -87,6 +89,8 @@ class LabelStudioParams:
             raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
         if not 1 <= self.alpha_threshold <= 255:
             raise ValueError(f"alpha_threshold must be in 1..255, got {self.alpha_threshold}")
+        if self.assist.label == self.label:
+            raise ValueError(f"assist.label must differ from label {self.label!r} (pull would count smart boxes)")
 
 
 def label_config(params: LabelStudioParams) -> str:
@@ -100,6 +104,10 @@ def label_config(params: LabelStudioParams) -> str:
     if "rectangle" in params.tools:
         tools.append(f'  <RectangleLabels name="rectangle" toName="{TO_NAME}">\n    <Label value={label}/>\n'
                      "  </RectangleLabels>")
+    if params.assist.enabled:
+        from pipeline.annotation.labelstudio_ml import assist_tools
+
+        tools.extend(assist_tools(params.assist, TO_NAME))
     return ("<View>\n  <Header value=\"$review_note\"/>\n"
             f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n' + "\n".join(tools) + "\n</View>")
 
@@ -237,6 +245,10 @@ class LabelStudioBackend:
             log.info("created Label Studio project %r (id %s)", self.params.project_title, project["id"])
         elif project.get("label_config", "").strip() != config.strip():
             project = self.client.request("PATCH", f"/api/projects/{project['id']}", json={"label_config": config})
+        if self.params.assist.enabled:
+            from pipeline.annotation.labelstudio_ml import connect_backend
+
+            connect_backend(self.client, int(project["id"]), self.params.assist)
         return dict(project)
 
     def tasks(self, project_id: int, fields: str = "all") -> list[dict[str, Any]]:
@@ -477,7 +489,7 @@ class LabelStudioBackend:
 def make_backend(settings: Mapping[str, Any], paths: Paths, where: str = "params.yaml:annotation.labelstudio"
                  ) -> LabelStudioBackend:
     """Factory registered in ``BACKENDS``: params from ``settings``, token from the environment / ``.env``."""
-    from pipeline.secrets import get_secret
+    from pipeline.core.secrets import get_secret
 
     params = from_mapping(LabelStudioParams, dict(settings), where)
     token = get_secret(params.token_env, what=f"the Label Studio API token for {params.url}")

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
-from pipeline.errors import ConfigError
-from pipeline.params import Paths
+from pipeline.core.errors import ConfigError
+from pipeline.core.params import Paths
 
 log = logging.getLogger(__name__)
 

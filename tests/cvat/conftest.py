@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 
 # ECSSD masks chosen for their topology: 0018 (2 parts, 15 holes), 0026 (2 parts, 12 holes), 0034 (2 parts,
 # 3 holes), 0005 (1 part, 3 holes), 0002 (1 part, no hole)

@@ -15,7 +15,6 @@ import pytest
 from cvat_sdk import masks as sdk
 from cvat_sdk.api_client.exceptions import ApiException
 
-from pipeline import io
 from pipeline.annotation.base import BACKENDS, PushItem, ReceiptRow
 from pipeline.annotation.cvat import (
     CvatConnection,
@@ -33,8 +32,9 @@ from pipeline.annotation.cvat import (
     with_retries,
 )
 from pipeline.annotation.cvat_codec import polygon_to_mask
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import ParamsError, Paths, from_mapping
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import ParamsError, Paths, from_mapping
 
 
 def _item(i: int, tmp: Path, uncertainty: float = 0.5, note: str = "", ext: str = ".JPG") -> PushItem:
@@ -286,7 +286,7 @@ def test_dropping_or_failing_server_is_retried_a_bounded_number_of_times(server:
 
 
 def test_server_version_is_kept_in_the_receipt_file(tmp_path: Path) -> None:
-    from pipeline.annotation.stages import read_receipt, write_receipt
+    from pipeline.annotation.configured import read_receipt, write_receipt
 
     a, b = _item(1, tmp_path), _item(2, tmp_path)
     old = [ReceiptRow("00000000000000ff", "cvat", "3", "9", 4, "x", "m0", server_version="2.20.1")]

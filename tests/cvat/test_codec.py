@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline import io
 from pipeline.annotation.cvat_codec import (
     decode_mask,
     encode_mask,
@@ -20,6 +19,7 @@ from pipeline.annotation.cvat_codec import (
     rectangle_to_mask,
     shape_bbox,
 )
+from pipeline.core import io
 
 
 def _check_same(mask: np.ndarray) -> list[int]:

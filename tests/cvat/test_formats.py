@@ -17,7 +17,7 @@ from pipeline.annotation.files import FORMATS, ReadOptions, get_format, sniff_fo
 from pipeline.annotation.formats_coco import COCO
 from pipeline.annotation.formats_cvat import CVAT_XML, Shape, iso_utc, mask_from_shapes, shapes_from_api
 from pipeline.annotation.formats_segmask import SEGMASK, parse_labelmap
-from pipeline.params import Paths
+from pipeline.core.params import Paths
 
 ITEM = "0123456789abcdef"
 

@@ -19,14 +19,14 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
 from pipeline.annotation.base import PushItem
 from pipeline.annotation.cvat import CvatBackend, CvatConnection, CvatParams
 from pipeline.annotation.files import ReadOptions
 from pipeline.annotation.formats_coco import COCO
 from pipeline.annotation.formats_cvat import CVAT_XML
 from pipeline.annotation.formats_segmask import SEGMASK
-from pipeline.items import item_id_for_bytes
+from pipeline.core import io
+from pipeline.core.items import item_id_for_bytes
 
 pytestmark = pytest.mark.cvat
 

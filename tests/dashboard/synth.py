@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.items import MANIFEST_COLUMNS, item_id_for_bytes
+from pipeline.core import io
+from pipeline.core.items import MANIFEST_COLUMNS, item_id_for_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKS = ("islands", "holes", "border", "edge_alignment")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards.store import DecisionStore
-from pipeline.review_cmd import seed_from_export
+from pipeline.commands.review import seed_from_export
 from qa.decisions import DECISION_COLUMNS
 from tests.conftest import free_port
 
@@ -118,8 +118,8 @@ def test_status_reports_decisions_and_pending_export(tmp_path: Path) -> None:
     store.record("fedcba9876543210", "accept", reviewer="bo")
     import os
 
-    from pipeline.params import load_paths
-    from pipeline.review_cmd import status_lines
+    from pipeline.commands.review import status_lines
+    from pipeline.core.params import load_paths
 
     cwd = os.getcwd()
     os.chdir(root)

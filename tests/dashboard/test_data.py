@@ -11,8 +11,8 @@ import pytest
 
 from dashboards import data
 from dashboards.store import DecisionStore
-from pipeline import io
-from pipeline.errors import UserError
+from pipeline.core import io
+from pipeline.core.errors import UserError
 from tests.dashboard.synth import make_project
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from dashboards.store import DecisionStore
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import CHROMIUM_ARGS, VENV_BIN, copy_ecssd, free_port, maskloop, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -188,8 +188,8 @@ def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path)
     assert "curate" not in json.loads(proc.stdout or "{}"), proc.stdout
 
     # the next push re-queues the rejected item: first in the queue, with the reviewer's reason as its note
-    from pipeline.annotation.stages import build_push_items
-    from pipeline.params import load_paths
+    from pipeline.core.params import load_paths
+    from pipeline.stages.push import build_push_items
 
     cwd = os.getcwd()
     os.chdir(root)

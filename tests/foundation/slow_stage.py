@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import io
-from pipeline.params import RunnerParams
-from pipeline.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, run_stage
+from pipeline.core import io
+from pipeline.core.params import RunnerParams
+from pipeline.core.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, run_stage
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ def test_help_lists_every_command_with_its_help() -> None:
 
 def test_commands_table_names_exactly_what_the_modules_register() -> None:
     app = cli.register_commands()
-    names = {c.name for c in app.registered_commands}
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}  # groups: `models`
     assert names == set(cli.STAGES) | set(cli.COMMANDS)
 
 
@@ -30,9 +30,9 @@ def test_commands_table_names_exactly_what_the_modules_register() -> None:
     [
         (["ingest"], ()),
         (["-v", "curate", "--retry-failed"], ()),
-        (["pull"], ("pipeline.annotation.stages",)),
-        (["--verbose", "pull", "--params", "p.yaml"], ("pipeline.annotation.stages",)),
-        (["review-export", "--help"], ("pipeline.review_cmd",)),
+        (["pull"], ("pipeline.stages.pull",)),
+        (["--verbose", "pull", "--params", "p.yaml"], ("pipeline.stages.pull",)),
+        (["review-export", "--help"], ("pipeline.commands.review",)),
         (["--help"], cli.COMMAND_MODULES),
         ([], cli.COMMAND_MODULES),
         (["no-such-command"], cli.COMMAND_MODULES),
@@ -54,8 +54,8 @@ def test_pull_with_nothing_to_pull_does_not_import_pandas(project: Path) -> None
     maskloop("pull", cwd=project)  # the first pull writes the (empty) corrections table
     probe = (
         "import atexit, sys\n"
-        "atexit.register(lambda: print('loaded:', sorted(m for m in ('pandas', 'qa.command', 'pipeline.status',"
-        " 'pipeline.review_cmd', 'pipeline.promote') if m in sys.modules)))\n"
+        "atexit.register(lambda: print('loaded:', sorted(m for m in ('pandas', 'pipeline.commands.qa_check', 'pipeline.commands.status',"
+        " 'pipeline.commands.review', 'pipeline.commands.promote') if m in sys.modules)))\n"
         "sys.argv = ['maskloop', 'pull']\n"
         "from pipeline.cli import run\n"
         "run()\n"

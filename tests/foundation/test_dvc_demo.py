@@ -38,7 +38,7 @@ def _computed(log: str) -> dict[str, tuple[int, int]]:
 
 
 def _ran(log: str) -> list[str]:
-    """Stages DVC ran, by name (``annotation/dvc.yaml:pull`` -> ``pull``)."""
+    """Stages DVC ran, by name (``always_run/dvc.yaml:pull`` -> ``pull``)."""
     return [s.split(":")[-1] for s in re.findall(r"Running stage '([^']+)'", log)]
 
 
@@ -95,7 +95,7 @@ def test_second_repro_does_nothing(demo: Path) -> None:
     # pull asks the annotation tool for new corrections every time (the server's state is outside DVC's view);
     # with the demo's `none` backend it writes identical outputs, so nothing downstream runs.
     assert set(ran) <= {"pull"}, ran
-    assert "pull" in ran  # it is found in annotation/dvc.yaml and still runs every time
+    assert "pull" in ran  # it is found in always_run/dvc.yaml and still runs every time
     print(f"no-op dvc repro: {seconds:.2f} s, stages run: {ran} (timed by benchmarks/noop_repro.py)")
 
 

@@ -1,4 +1,4 @@
-"""pipeline.io: normalisation policy, pixel limit, errors that name the file, atomic writes."""
+"""pipeline.core.io: normalisation policy, pixel limit, errors that name the file, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import io
+from pipeline.core import io
 
 
 def _save(img: Image.Image, path: Path, **kw: object) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.params import ParamsError, read_params_file
+from pipeline.core.params import ParamsError, read_params_file
 from tests.conftest import write_params
 
 

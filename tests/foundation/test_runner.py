@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.params import RunnerParams
-from pipeline.runner import (
+from pipeline.core import io
+from pipeline.core.params import RunnerParams
+from pipeline.core.runner import (
     INDEX_NAME,
     FileInput,
     ItemResult,
@@ -31,7 +31,7 @@ from pipeline.runner import (
     read_index,
     run_stage,
 )
-from pipeline.state_store import StateStore
+from pipeline.core.state_store import StateStore
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("slow_stage", HERE / "slow_stage.py")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import io
 from pipeline.annotation.base import Correction, PullOutcome, PushItem, ReceiptRow, get_backend
 from pipeline.annotation.brush import mask_to_rle
+from pipeline.annotation.configured import read_receipt, write_receipt
 from pipeline.annotation.files import (
     ExportedAnnotation,
     FilesBackend,
@@ -24,10 +24,12 @@ from pipeline.annotation.files import (
 )
 from pipeline.annotation.formats_labelstudio import annotations_from_task, mask_from_results
 from pipeline.annotation.labelstudio import LabelStudioParams, label_config, make_backend
-from pipeline.annotation.stages import apply_pull, build_push_items, read_receipt, write_receipt
-from pipeline.errors import ConfigError, UserError
-from pipeline.params import ParamsError, Paths
-from pipeline.secrets import get_secret, read_dotenv
+from pipeline.core import io
+from pipeline.core.errors import ConfigError, UserError
+from pipeline.core.params import ParamsError, Paths
+from pipeline.core.secrets import get_secret, read_dotenv
+from pipeline.stages.pull import apply_pull
+from pipeline.stages.push import build_push_items
 
 RING = np.array([[255, 255, 255, 0],
                  [255, 0, 255, 0],     # a hole in the middle
@@ -198,7 +200,7 @@ def test_receipt_round_trip_and_push_items_requeue_rejected(tmp_path: Path) -> N
 
 
 def test_push_items_from_manifest_preannotations_and_decisions(tmp_path: Path) -> None:
-    from pipeline.items import MANIFEST_COLUMNS
+    from pipeline.core.items import MANIFEST_COLUMNS
     from qa.decisions import DECISION_COLUMNS
 
     ids = ["1111111111111111", "2222222222222222", "3333333333333333"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import CHROMIUM_ARGS, REPO, require_chromium
 from tests.labelstudio.conftest import EMAIL, PASSWORD, Server
 

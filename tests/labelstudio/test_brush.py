@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from label_studio_sdk.converter import brush as sdk
 
-from pipeline import io
 from pipeline.annotation import brush
+from pipeline.core import io
 
 
 @st.composite

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import requests
 
-from pipeline import io
 from pipeline.annotation.brush import mask_to_rle, rle_to_mask
+from pipeline.core import io
 from tests.labelstudio.conftest import NAMES, TOKEN, Server, _erode
 
 pytestmark = pytest.mark.labelstudio
@@ -90,9 +90,10 @@ def test_repush_after_three_changed_preannotations_replaces_three_predictions(
     report = json.loads((proj.root / "reports" / "push.json").read_text())
     assert (report["created"], report["updated"], report["unchanged"]) == (0, 3, len(NAMES) - 3)
     # an item that left the dataset is reported, its task kept (and marked when archive_removed is on)
+    from pipeline.annotation.configured import read_receipt
     from pipeline.annotation.labelstudio import make_backend
-    from pipeline.annotation.stages import build_push_items, read_receipt
-    from pipeline.params import load_paths
+    from pipeline.core.params import load_paths
+    from pipeline.stages.push import build_push_items
 
     paths = load_paths(proj.params)
     paths = paths.__class__(**{k: proj.root / v for k, v in paths.__dict__.items()})

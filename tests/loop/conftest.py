@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import REPO, copy_ecssd
 
 LOOP_PARAMS = {
@@ -23,7 +23,7 @@ LOOP_PARAMS = {
 def make_project(root: Path, ecssd: Path, n: int, verified: Callable[[int], bool] = lambda i: True,
                  overrides: dict[str, dict[str, object]] | None = None) -> Path:
     """Project at ``root``: ``n`` ECSSD photos ingested; curated masks = ground truth; returns params path."""
-    from pipeline import ingest
+    from pipeline.stages import ingest
 
     root.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((REPO / "params.yaml").read_text())

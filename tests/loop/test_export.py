@@ -11,8 +11,9 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from pipeline import export, io
-from pipeline.errors import UserError
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.stages import export
 from tests.loop.conftest import make_project
 
 
@@ -139,7 +140,7 @@ def test_near_duplicates_never_straddle_splits(chdir_tmp: Path, ecssd: Path) -> 
     dup = image[::2, ::2].copy()
     raw = chdir_tmp / "data/raw/images"
     (raw / "dup.jpg").write_bytes(io.encode_jpeg(dup, quality=80))
-    from pipeline import ingest
+    from pipeline.stages import ingest
 
     ingest.run(params)
     manifest = io.read_parquet(chdir_tmp / "data/ingest/manifest.parquet")

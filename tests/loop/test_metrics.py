@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.stages.evaluate import (
     boundary_f,
     correction_effort,
     fmeasure,

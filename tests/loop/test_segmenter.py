@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import UserError
-from pipeline.segmenter import (
+from pipeline.core.errors import UserError
+from pipeline.learning.segmenter import (
     ARCHS,
     SegmenterMeta,
     build_segmenter,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import io
-from pipeline.splits import (
+from pipeline.core import io
+from pipeline.dataset.splits import (
     SplitItem,
     assign_splits,
     components,

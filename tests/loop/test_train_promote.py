@@ -13,8 +13,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline import evaluate, export, io, promote, train
-from pipeline.errors import UserError
+from pipeline.commands import promote
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.learning import training as train
+from pipeline.stages import evaluate, export
+from pipeline.stages import train as train_stage
 from tests.conftest import REPO, maskloop
 from tests.loop.conftest import make_project
 
@@ -42,7 +46,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, ecssd: Path) -> Path:
         io.write_parquet(root / "data/preannotate/preannotations.parquet", pd.DataFrame(rows))
         io.write_parquet(root / "data/corrections/corrections.parquet", pd.DataFrame({"item_id": ids[:2]}))
         export.run(params)
-        train.run(params)
+        train_stage.run(params)
     finally:
         os.chdir(old)
     return root
@@ -58,7 +62,7 @@ def test_training_writes_checkpoint_metrics_and_curve(trained: Path) -> None:
     dataset = io.read_json(trained / "data/export/dataset.json")
     assert lineage["dataset_version"] == dataset["version"]
     assert lineage["train_params"]["resolution"] == 32
-    from pipeline.runner import hash_file
+    from pipeline.core.runner import hash_file
 
     assert lineage["checkpoint_sha256"] == hash_file(trained / "models/train/model.pt")
 
@@ -83,9 +87,9 @@ def test_promote_then_trained_preannotator_loads_it(trained: Path, monkeypatch: 
     assert yaml.safe_load(new_text)["preannotate"]["model"] == "trained"
     assert not promote.promote(params_path, use_dvc=False).params_changed  # idempotent
 
-    from pipeline.params import load_paths
-    from pipeline.preannotate import build_preannotator
-    from pipeline.preannotate.base import PreannotateParams, PredictContext
+    from pipeline.core.params import load_paths
+    from pipeline.preannotators import build_preannotator
+    from pipeline.preannotators.base import PreannotateParams, PredictContext
 
     pre = build_preannotator("trained", PreannotateParams(model="trained"), load_paths(params_path))
     assert result.checkpoint_sha256 == pre.spec.checkpoint_sha256
@@ -142,8 +146,8 @@ def test_evaluate_reports_test_metrics_and_correction_effort(trained: Path, monk
     assert io.read_json(trained / "metrics/evaluate.json") == metrics
     table = io.read_parquet(trained / "data/evaluate/effort_items.parquet")
     assert list(table["unchanged"]) == [True, False]
-    from pipeline.params import load_paths
-    from pipeline.status import SECTIONS
+    from pipeline.commands.status import SECTIONS
+    from pipeline.core.params import load_paths
 
     (fn,) = [f for title, f in SECTIONS if title == "loop"]
     status = "\n".join(fn(load_paths(trained / "params.yaml")))
@@ -155,7 +159,7 @@ def test_train_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     with pytest.raises(UserError, match="export not found; run `dvc repro export` first"):
-        train.run(tmp_path / "params.yaml")
+        train_stage.run(tmp_path / "params.yaml")
     with pytest.raises(UserError, match="train split is empty"):
         train.fit([], [], train.TrainParams(**TINY), {})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="resolution must be a multiple of 8"):

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.composite import (
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.core.runner import FileInput, WorkItem
+from pipeline.matting.composite import (
     CompositeParams,
     Transform,
     background_pool,
@@ -18,11 +20,9 @@ from pipeline.composite import (
     item_rng,
     place,
     procedural_background,
-    process,
     trimap_from_alpha,
 )
-from pipeline.errors import UserError
-from pipeline.runner import FileInput, WorkItem
+from pipeline.stages.composite import process
 
 
 def test_blend_is_the_exact_compositing_equation() -> None:

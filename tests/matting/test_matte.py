@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
-from pipeline.matte import SOLVERS, MatteParams, TrimapInvalid, encode_alpha, matte, validate_trimap
-from pipeline.matting_core import SolverError, band_system, solve_band_cf, split_regions
+from pipeline.core import io
+from pipeline.matting.solve import SolverError, band_system, solve_band_cf, split_regions
+from pipeline.stages.matte import SOLVERS, MatteParams, TrimapInvalid, encode_alpha, matte, validate_trimap
 
 # Tolerance of the equality test: both solves stop at CG rtol 1e-7 with different (equally valid)
 # preconditioners, so alpha agrees to ~1e-4 on real photos; we allow 2e-3 (half an 8-bit level).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import matting_metrics as mm
+from pipeline.matting import metrics as mm
 
 
 def test_sad_and_mse_hand_computed() -> None:

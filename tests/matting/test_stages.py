@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import io
+from pipeline.core import io
 from tests.conftest import REPO, copy_ecssd, maskloop
 
 NUMBA_ENV = {"NUMBA_CACHE_DIR": os.environ["NUMBA_CACHE_DIR"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.trimap import TextureParams, TrimapError, TrimapParams, make_trimap
+from pipeline.matting.trimap import TextureParams, TrimapError, TrimapParams, make_trimap
 
 NO_TEX = TextureParams(enabled=False)
 

@@ -13,7 +13,7 @@ def tiny_sam_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight ``vit_tiny`` SAM checkpoint (state dict) built by the same builder the loader uses."""
     import torch
 
-    from pipeline.preannotate.sam import SAM_ARCHS
+    from pipeline.preannotators.sam import SAM_ARCHS
 
     torch.manual_seed(0)
     model = SAM_ARCHS["vit_tiny"].build()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.preannotate.base import (
+from pipeline.preannotators.base import (
     CheckpointArchitectureError,
     CheckpointCorrupt,
     CheckpointMissing,
@@ -15,7 +15,7 @@ from pipeline.preannotate.base import (
     PreannotateParams,
     PredictContext,
 )
-from pipeline.preannotate.deeplabv3 import (
+from pipeline.preannotators.deeplabv3 import (
     DeepLabV3Preannotator,
     foreground_probability,
     load_deeplab,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.params import Paths
-from pipeline.preannotate.base import (
+from pipeline.core.params import Paths
+from pipeline.preannotators.base import (
     CheckpointArchitectureError,
     CheckpointCorrupt,
     CheckpointMissing,
@@ -18,7 +18,7 @@ from pipeline.preannotate.base import (
     PredictContext,
     SamParams,
 )
-from pipeline.preannotate.sam import (
+from pipeline.preannotators.sam import (
     SamPreannotator,
     box_from_mask,
     grid_points,
@@ -26,7 +26,7 @@ from pipeline.preannotate.sam import (
     points_from_mask,
     salience_scores,
 )
-from pipeline.preannotate.sam_cache import SamEmbeddingCache, prune
+from pipeline.preannotators.sam_cache import SamEmbeddingCache, prune
 
 from .conftest import object_on_background
 
@@ -128,7 +128,7 @@ def test_automatic_mode_and_empty_prompt_fallback(tiny_sam_ckpt: Path, tmp_path:
 
 
 def test_cache_rejects_other_checkpoint_and_prunes(tmp_path: Path) -> None:
-    from pipeline.preannotate.sam_cache import CachedEmbedding
+    from pipeline.preannotators.sam_cache import CachedEmbedding
 
     a = SamEmbeddingCache(tmp_path, "a" * 64)
     entry = CachedEmbedding(np.ones((1, 4, 2, 2), np.float16), (10, 20), (8, 16))
@@ -162,7 +162,7 @@ def test_missing_checkpoint_names_path_arch_and_official_url(tmp_path: Path) -> 
     text = str(err.value)
     assert str(missing) in text and "sam/vit_b" in text
     assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in text
-    assert "preannotate.sam.checkpoint" in text
+    assert "preannotate.sam.checkpoint" in text and "`maskloop models fetch sam_vit_b`" in text
 
 
 def test_wrong_architecture(tiny_sam_ckpt: Path, deeplab_voc_ckpt: Path) -> None:

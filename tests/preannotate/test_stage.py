@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import ingest, io
-from pipeline.errors import UserError
-from pipeline.preannotate import stage
-from pipeline.runner import StageFailed
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.core.runner import StageFailed
+from pipeline.stages import ingest
+from pipeline.stages import preannotate as stage
 
 from ..conftest import maskloop
 
@@ -139,7 +140,7 @@ def test_sam_stage_cache_reprompt_and_prune(proj: Path, tiny_sam_ckpt: Path) -> 
 
 
 def test_prompt_parsing_errors() -> None:
-    from pipeline.preannotate.prompt_cmd import parse_box, parse_point
+    from pipeline.commands.sam_prompt import parse_box, parse_point
 
     assert parse_box("1,2,3,4").tolist() == [1, 2, 3, 4]
     assert parse_point("3,4") == (3.0, 4.0, 1) and parse_point("3,4,0") == (3.0, 4.0, 0)
@@ -154,7 +155,7 @@ def test_prompt_parsing_errors() -> None:
 def _promote(root: Path, verified: list[str], promoted: bool = True) -> None:
     import torch
 
-    from pipeline import segmenter
+    from pipeline.learning import segmenter
 
     torch.manual_seed(0)
     model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
@@ -204,7 +205,7 @@ def test_table_reads_back_with_nan_sam_iou(proj: Path) -> None:
     assert df["sam_iou"].dtype == np.float64 and df["sam_iou"].isna().all()
     prev = stage.previous_records(Path("data/preannotate"))
     assert set(prev) == set(df["item_id"]) and all(r["sam_iou"] is None for r in prev.values())
-    from pipeline.params import load_paths
+    from pipeline.core.params import load_paths
 
     lines = stage.status_lines(load_paths(Path("params.yaml")))
     assert lines[0].split()[0] == str(len(df)) and "grabcut" in lines[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.torch_utils import device_name, inference, select_device, set_threads
+from pipeline.core.errors import ConfigError
+from pipeline.learning.torch_utils import device_name, inference, select_device, set_threads
 
 
 def test_select_device() -> None:

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.params import Paths
-from pipeline.preannotate.base import GrabCutParams, PreannotateParams, PredictContext, TrainedParams
-from pipeline.preannotate.trained import TrainedPreannotator, fused_prior, prior_labels, refine_with_grabcut
+from pipeline.core.errors import UserError
+from pipeline.core.params import Paths
+from pipeline.preannotators.base import GrabCutParams, PreannotateParams, PredictContext, TrainedParams
+from pipeline.preannotators.trained import TrainedPreannotator, fused_prior, prior_labels, refine_with_grabcut
 from tests.preannotate.conftest import object_on_background
 
 
@@ -60,7 +60,7 @@ def test_refinement_snaps_a_coarse_prior_to_the_object() -> None:
 
 
 def test_fused_prior_mixes_model_and_border_prior() -> None:
-    from pipeline.preannotate.grabcut import segment
+    from pipeline.preannotators.grabcut import segment
 
     image, gt = object_on_background(60, 80)
     model = np.full(gt.shape, 0.2, np.float32)
@@ -83,7 +83,7 @@ def test_refinement_without_foreground_falls_back_to_the_model() -> None:
 
 @pytest.fixture()
 def promoted(tmp_path: Path) -> Paths:
-    from pipeline import segmenter
+    from pipeline.learning import segmenter
 
     paths = Paths(promoted=tmp_path / "promoted")
     model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
@@ -115,7 +115,7 @@ def test_version_changes_with_refinement_settings(promoted: Paths) -> None:
 
 
 def test_checkpoint_threshold_outside_sure_band_is_an_error(tmp_path: Path) -> None:
-    from pipeline import segmenter
+    from pipeline.learning import segmenter
 
     model = segmenter.build_segmenter("lraspp_mobilenet_v3_large", None)
     segmenter.save_checkpoint(tmp_path / "model.pt", model, segmenter.SegmenterMeta(

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 from qa import checks
 from qa.checks import Finding, QAParams, run_checks
 from qa.components import components

@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import curate, ingest, io
-from pipeline.errors import ConfigError
-from pipeline.params import ParamsError
+from pipeline.core import io
+from pipeline.core.errors import ConfigError
+from pipeline.core.params import ParamsError
+from pipeline.stages import curate, ingest
 from qa.decisions import DECISION_COLUMNS
 from qa.report import CURATED_COLUMNS, QUEUE_COLUMNS, REPORT_COLUMNS
 from tests.conftest import REPO, maskloop

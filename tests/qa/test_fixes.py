@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 from qa.checks import QAParams, run_checks
 from qa.fixes import FIXES, SAFE_FIXES, apply_fixes, get_fix
 from qa.phash import cluster, hamming, neighbours, phash

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import io
-from pipeline.runner import FileInput, ItemResult, Stage, WorkItem
+from pipeline.core import io
+from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import io
-from pipeline.errors import ConfigError
-from pipeline.executors import ray as rayex
-from pipeline.params import RayParams, RunnerParams
-from pipeline.runner import SetupFailed, Stage, StageResult, run_stage
+from pipeline.core import io
+from pipeline.core.errors import ConfigError
+from pipeline.core.executors import ray as rayex
+from pipeline.core.params import RayParams, RunnerParams
+from pipeline.core.runner import SetupFailed, Stage, StageResult, run_stage
 from tests.conftest import copy_ecssd
 
 HERE = Path(__file__).resolve().parent
@@ -108,12 +108,12 @@ def test_code_digest_changes_with_code(tmp_path: Path, monkeypatch: pytest.Monke
     mod = tmp_path / "ml_digest_probe.py"
     mod.write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    a = rayex.code_digest(["ml_digest_probe", "pipeline.runner"])
-    assert a == rayex.code_digest(["pipeline.runner", "ml_digest_probe"])  # order-free
+    a = rayex.code_digest(["ml_digest_probe", "pipeline.core.runner"])
+    assert a == rayex.code_digest(["pipeline.core.runner", "ml_digest_probe"])  # order-free
     mod.write_text("X = 2\n")
-    assert rayex.code_digest(["ml_digest_probe", "pipeline.runner"]) != a
+    assert rayex.code_digest(["ml_digest_probe", "pipeline.core.runner"]) != a
     stage = synth.make_stage(tmp_path, tmp_path, synth.SynthParams())
-    assert rayex.stage_modules(stage) == ["pipeline.io", "pipeline.runner"]  # test code is shipped by value
+    assert rayex.stage_modules(stage) == ["pipeline.core.io", "pipeline.core.runner"]  # test code is shipped by value
 
 
 def test_missing_ray_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,173 @@
+"""``maskloop review`` (start the review dashboard) and ``maskloop review-export`` (the ``decisions`` stage).
+
+``maskloop review`` runs the Streamlit app :mod:`dashboards.review` bound to 127.0.0.1 by default (the
+dashboard has no login: expose it on another interface only behind an authenticating proxy). Decisions go to
+the SQLite database ``paths.review_db``.
+
+``maskloop review-export`` copies every decision from that database to ``paths.decisions`` (Parquet, schema
+:mod:`qa.decisions`), the file DVC tracks and ``curate`` / ``push`` read. Without a database it keeps an
+existing export (e.g. one restored by ``dvc pull`` on a fresh clone) or writes an empty table.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.core.errors import UserError
+from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths
+
+log = logging.getLogger(__name__)
+
+APP_FILE = Path(__file__).resolve().parents[2] / "dashboards" / "review.py"
+
+# environment variables the Streamlit app reads (Streamlit passes no typed arguments to a script)
+ENV_PARAMS = "MASKLOOP_PARAMS"
+ENV_REVIEWER = "MASKLOOP_REVIEWER"
+
+
+def default_reviewer() -> str:
+    """``$MASKLOOP_REVIEWER``, else the login name."""
+    name = os.environ.get(ENV_REVIEWER, "").strip()
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "reviewer"
+
+
+def resolve(paths: Paths, params_path: Path) -> tuple[Path, Path]:
+    """(review_db, decisions) resolved against the folder of the params file (the project root)."""
+    root = Path(params_path).resolve().parent
+    db = Path(paths.review_db)
+    out = Path(paths.decisions)
+    return (db if db.is_absolute() else root / db), (out if out.is_absolute() else root / out)
+
+
+def export(params_path: Path = DEFAULT_PARAMS, db: Path | None = None, out: Path | None = None) -> int:
+    """The ``decisions`` stage: export the review database to the decisions table; returns the row count."""
+    from dashboards.store import export_decisions
+
+    paths = load_paths(params_path)
+    default_db, default_out = resolve(paths, params_path)
+    db = db or default_db
+    out = out or default_out
+    if not db.is_file() and out.is_file():
+        log.info("no review database at %s: keeping the existing decisions table %s", db, out)
+        from pipeline.core import io
+
+        return len(io.read_parquet(out))
+    n = export_decisions(db, out)
+    if db.is_file():
+        log.info("exported %d review decision(s) from %s to %s", n, db, out)
+    else:
+        log.info("no review database at %s yet: wrote an empty decisions table %s", db, out)
+    return n
+
+
+def seed_from_export(db: Path, decisions: Path) -> int:
+    """Create ``db`` from an existing decisions export (fresh clone + ``dvc pull``), keeping ids and times.
+
+    Does nothing when the database already exists or there is no export; returns the rows imported."""
+    from dashboards.store import DecisionStore
+    from qa.decisions import read_decisions
+
+    if db.exists() or not decisions.is_file():
+        return 0
+    rows = read_decisions(decisions)
+    store = DecisionStore(db)
+    store.import_rows(rows)
+    log.info("created %s from %d decision(s) in %s", db, len(rows), decisions)
+    return len(rows)
+
+
+def status_lines(paths: Paths) -> list[str]:
+    """The ``[review]`` section of ``maskloop status``: decisions recorded, and whether the export is behind."""
+    from dashboards.store import DecisionStore
+    from qa.decisions import latest_per_item, read_decisions
+
+    db, out = Path(paths.review_db), Path(paths.decisions)
+    if not db.is_file():
+        if out.is_file():
+            return [f"no review database; {len(read_decisions(out))} decision(s) in {out}"]
+        return []
+    decisions = DecisionStore(db).all()
+    latest = latest_per_item(decisions)
+    kinds = {k: sum(1 for d in latest.values() if d.decision == k) for k in ("accept", "fix", "reject")}
+    reviewers = len({d.reviewer for d in decisions})
+    lines = [f"{len(latest)} item(s) decided by {reviewers} reviewer(s): {kinds['accept']} accepted, "
+             f"{kinds['fix']} fixed, {kinds['reject']} rejected (sent back on the next push)"]
+    exported = read_decisions(out) if out.is_file() else []
+    if len(exported) != len(decisions):
+        lines.append(f"{len(decisions) - len(exported)} decision(s) not exported yet: run `dvc repro` "
+                     "(or `maskloop review-export`)")
+    return lines
+
+
+def streamlit_command(host: str, port: int, browser: bool) -> list[str]:
+    """The ``streamlit run`` command line for the review app."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_FILE),
+        "--server.address", host, "--server.port", str(port),
+        "--server.headless", "false" if browser else "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+        "--theme.base", "light",
+        "--client.toolbarMode", "viewer",
+    ]
+
+
+def register(app: typer.Typer) -> None:
+    from pipeline.cli import run_guarded
+
+    @app.command("review")
+    def review(
+        params: Annotated[Path, typer.Option("--params", "-p", help="params file.")] = DEFAULT_PARAMS,
+        host: Annotated[
+            str, typer.Option("--host", help="interface to bind; the dashboard has no login, keep it local.")
+        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="port to listen on.")] = 8501,
+        reviewer: Annotated[
+            str, typer.Option("--reviewer", help="your name in the decision log (default $MASKLOOP_REVIEWER or login).")
+        ] = "",
+        browser: Annotated[bool, typer.Option("--browser/--no-browser", help="open a browser tab.")] = False,
+    ) -> None:
+        """Open the QA review dashboard: work through flagged items, accept / fix / reject with a reason."""
+
+        def start() -> None:
+            params_path = Path(params).resolve()
+            paths = load_paths(params_path)
+            db, decisions = resolve(paths, params_path)
+            seed_from_export(db, decisions)
+            if not 0 < port < 65536:
+                raise UserError(f"--port must be in 1..65535, got {port}")
+            env = {**os.environ, ENV_PARAMS: str(params_path), ENV_REVIEWER: reviewer or default_reviewer()}
+            typer.echo(f"review dashboard on http://{host}:{port}  (decisions -> {db}; Ctrl+C to stop)")
+            try:
+                proc = subprocess.run(streamlit_command(host, port, browser), env=env, check=False)
+            except KeyboardInterrupt:
+                return
+            if proc.returncode not in (0, -2, 130):
+                raise UserError(f"the review dashboard exited with code {proc.returncode} (see the messages above)")
+
+        run_guarded(start)
+
+    @app.command("review-export")
+    def review_export(
+        params: Annotated[Path, typer.Option("--params", "-p", help="params file.")] = DEFAULT_PARAMS,
+        db: Annotated[Path | None, typer.Option("--db", help="review database (default paths.review_db).")] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="decisions table to write (default paths.decisions).")
+        ] = None,
+    ) -> None:
+        """Export review decisions from the dashboard's database to paths.decisions (the `decisions` stage)."""
+        n = run_guarded(export, params, db, out)
+        typer.echo(f"{n} review decision(s) in the decisions table")

@@ -1,0 +1,669 @@
+"""The per-item incremental executor every stage runs on.
+
+A stage hands the runner a :class:`Stage` (name, code version, frozen params, a module-level
+``process`` function) and an iterable of :class:`WorkItem`. For each item the runner computes a
+**fingerprint** = hash(stage name, stage version, params digest, content digests of the item's input
+files, the item's fingerprinted ``data``) and recomputes the item only when its fingerprint changed or
+an output it recorded is missing. Everything else is reused.
+
+Guarantees:
+
+- **Atomic, resumable.** Each output file is written to a temporary file and renamed by the worker; the
+  item's state record (fingerprint, outputs, table record) travels back in its outcome and the driver
+  commits it last (:mod:`pipeline.core.state_store`: one SQLite database per stage, one transaction per item).
+  A run killed at any moment (SIGKILL included) leaves no half-written output and the next run resumes,
+  recomputing only items without a committed state.
+- **Failures are data.** An exception in ``process`` marks that item failed with ``"Type: message"``
+  in the report; other items go on. The stage raises :class:`StageFailed` only when the failed fraction
+  exceeds ``runner.max_failure_fraction`` (after writing its report).
+- **Deterministic.** Results are keyed and sorted by item key, never by completion order, so outputs are
+  byte-identical whatever the worker count, executor, and whether the run was incremental or clean.
+- **Clean.** Outputs of items that disappeared are deleted; files in the stage's declared output folders
+  that no current item produced (old leftovers, temporary files of a killed run) are swept.
+- **Indexed.** ``<root>/index.parquet`` lists every output file of the current items (key, path, sha256,
+  bytes), sorted by path. Downstream DVC stages depend on this small file (and on the stage's table) instead
+  of the whole output folder, so DVC no longer walks thousands of files to learn what the index already says
+  (docs/repro-scale.md).
+
+State lives outside DVC-tracked outputs (``paths.state/<stage>/items.sqlite``), like DVC's own cache: it
+holds file stats (so unchanged inputs are not re-hashed) and timings, which must not leak into outputs.
+
+Executors: ``inline`` (in-process; used for one worker), ``local`` (a process pool) and ``ray``
+(:mod:`pipeline.core.executors.ray`). All run the same :func:`execute_item` on the worker side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from pipeline.core import io
+from pipeline.core.params import RunnerParams, params_digest
+from pipeline.core.state_store import StateStore
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+INDEX_NAME = "index.parquet"
+INDEX_COLUMNS = ("key", "path", "sha256", "bytes")
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HASH_CHUNK = 1 << 20
+
+
+class StageFailed(RuntimeError):
+    """Raised when a stage's failure fraction exceeds ``runner.max_failure_fraction``."""
+
+
+class SetupFailed(RuntimeError):
+    """A stage's per-worker ``setup`` (e.g. loading a model) failed: nothing can be processed."""
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """An input file of an item. ``digest`` may be given when the content hash is already known
+    (e.g. the item id of a source image); otherwise the runner hashes the file. Inside ``process`` it is
+    always set (SHA-256 hex of the bytes), so a stage never needs to hash an input again."""
+
+    path: Path
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work: a filename-safe ``key`` unique in the stage, named input files (fingerprinted by
+    content, not by path), and JSON-able ``data`` that is both passed to ``process`` and fingerprinted."""
+
+    key: str
+    inputs: Mapping[str, FileInput] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _KEY_RE.match(self.key):
+            raise ValueError(f"work item key {self.key!r} is not filename-safe ([A-Za-z0-9_.-], <=128 chars)")
+
+    def input(self, name: str) -> Path:
+        """Path of input ``name`` (KeyError names the item when absent)."""
+        try:
+            return Path(self.inputs[name].path)
+        except KeyError:
+            raise KeyError(f"item {self.key}: no input named {name!r} (has {sorted(self.inputs)})") from None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What ``process`` returns: output files (path relative to the stage root -> bytes) and one table
+    record (JSON-able scalars) that the stage assembles into its table."""
+
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+
+ProcessFn = Callable[[WorkItem, Any, Any], ItemResult]
+SetupFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Stage(Generic[P]):
+    """A stage as the runner sees it.
+
+    ``process(work, params, resource) -> ItemResult`` must be a module-level function (it is pickled to
+    worker processes / Ray actors). ``setup(params) -> resource`` runs once per worker (load a model there,
+    never at import). ``warmup(params)`` runs once in the driver before any worker starts, and only when
+    there is work to do (e.g. fill a JIT compilation cache that every worker then loads instead of compiling). ``output_dirs`` are folders under ``root`` that only this stage writes: files in them
+    that no current item produced are swept. ``version`` is the stage's code version: bump it when a code
+    change alters outputs.
+    """
+
+    name: str
+    version: str
+    params: P
+    root: Path
+    process: ProcessFn
+    state_root: Path
+    setup: SetupFn | None = None
+    output_dirs: tuple[str, ...] = ()
+    gpu: bool = False
+    warmup: Callable[[Any], None] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.state_root) / self.name
+
+    def static_key(self) -> str:
+        return _sha256_text(f"{self.name}\0{self.version}\0{params_digest(self.params)}")
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """Summary of one item after a run (returned by workers; small and picklable)."""
+
+    key: str
+    status: str  # "ok" | "failed"
+    error: str
+    seconds: float
+    computed: bool
+    fatal: bool = False
+    state: Mapping[str, Any] | None = None  # the record the driver stores (None: store nothing)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What :func:`run_stage` returns: records of the ok items (sorted by key) and every outcome."""
+
+    stage: str
+    records: tuple[tuple[str, Mapping[str, Any]], ...]
+    outcomes: tuple[ItemOutcome, ...]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(1 for o in self.outcomes if o.status == "failed")
+
+    @property
+    def n_computed(self) -> int:
+        return sum(1 for o in self.outcomes if o.computed)
+
+    @property
+    def failures(self) -> list[ItemOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def record_map(self) -> dict[str, Mapping[str, Any]]:
+        return dict(self.records)
+
+    def frame(self, columns: Sequence[str]) -> Any:
+        """The ok items' records as a pandas DataFrame with exactly ``columns``, sorted by key
+        (an empty table still has its columns, so readers never special-case it)."""
+        import pandas as pd
+
+        rows = [{c: rec.get(c) for c in columns} for _key, rec in self.records]
+        return pd.DataFrame(rows, columns=list(columns))
+
+
+# --------------------------------------------------------------------------- hashing / state
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def fingerprint(static_key: str, digests: Mapping[str, str], data: Mapping[str, Any]) -> str:
+    blob = json.dumps(
+        {"static": static_key, "inputs": dict(sorted(digests.items())), "data": data},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return _sha256_text(blob)
+
+
+def _check_reusable(
+    stage: Stage[Any], work: WorkItem, static: str, retry_failed: bool, state: dict[str, Any] | None, store: StateStore
+) -> bool:
+    """True when ``work`` can be reused as is given its stored ``state``. Updates stats in place (and in
+    ``store``) when a file was touched but its content is unchanged."""
+    if state is None or state.get("static") != static:
+        return False
+    if state.get("status") == "failed" and retry_failed:
+        return False
+    recorded: dict[str, Any] = state.get("inputs", {})
+    if set(recorded) != set(work.inputs):
+        return False
+    touched = False
+    digests: dict[str, str] = {}
+    for name, fin in work.inputs.items():
+        rec = recorded[name]
+        if fin.digest is not None:
+            digests[name] = fin.digest
+            continue
+        try:
+            size, mtime = _stat(fin.path)
+        except OSError:
+            return False
+        if rec.get("size") == size and rec.get("mtime_ns") == mtime:
+            digests[name] = rec["digest"]
+        else:
+            try:
+                digests[name] = hash_file(fin.path)
+            except OSError:
+                return False
+            rec.update(size=size, mtime_ns=mtime, digest=digests[name])
+            touched = True
+    if fingerprint(static, digests, work.data) != state.get("fingerprint"):
+        return False
+    root = Path(stage.root)
+    for rel in state.get("outputs", []):
+        if not (root / rel).is_file():
+            return False
+    if touched:
+        store.put(work.key, state)
+    return True
+
+
+# --------------------------------------------------------------------------- worker side
+
+_RESOURCE: dict[str, Any] = {}
+
+
+def _resource_for(stage: Stage[Any]) -> Any:
+    """The stage's per-worker resource, built once per (stage, params, code version) in this process."""
+    if stage.setup is None:
+        return None
+    key = f"{stage.name}:{stage.static_key()}"
+    if key not in _RESOURCE:
+        for old in [k for k in _RESOURCE if k.startswith(f"{stage.name}:")]:
+            del _RESOURCE[old]  # params changed: drop the old model before loading the new one
+        _RESOURCE[key] = stage.setup(stage.params)
+    return _RESOURCE[key]
+
+
+def _safe_rel(stage: Stage[Any], rel: str) -> str:
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"stage {stage.name} returned an output path outside its root: {rel!r}")
+    return p.as_posix()
+
+
+def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
+    """Worker-side: hash inputs, run ``process``, write outputs atomically; the item's state record goes back
+    in the outcome (the driver removes outputs the item no longer produces and stores the record).
+
+    Exceptions in ``process`` become a failed outcome naming the item; a failing ``setup`` is fatal.
+    """
+    t0 = time.perf_counter()
+    static = stage.static_key()
+    inputs: dict[str, dict[str, Any]] = {}
+    digests: dict[str, str] = {}
+    error = ""
+    status = "ok"
+    files: dict[str, bytes] = {}
+    record: Mapping[str, Any] = {}
+    try:
+        for name, fin in sorted(work.inputs.items()):
+            size, mtime = _stat(fin.path)
+            digest = fin.digest or hash_file(fin.path)
+            digests[name] = digest
+            inputs[name] = {"path": str(fin.path), "size": size, "mtime_ns": mtime, "digest": digest}
+    except OSError as exc:
+        status, error = "failed", f"input missing or unreadable: {exc.filename or ''}: {exc.strerror or exc}"
+    fp = fingerprint(static, digests, work.data) if status == "ok" else ""
+    if status == "ok":
+        try:
+            resource = _resource_for(stage)
+        except Exception as exc:
+            return ItemOutcome(work.key, "failed", f"setup failed: {type(exc).__name__}: {exc}",
+                               time.perf_counter() - t0, True, fatal=True)
+        try:
+            # process sees every input's content digest (hashed once, here): FileInput.digest is always set
+            hashed = {n: FileInput(Path(f.path), digests[n]) for n, f in work.inputs.items()}
+            result = stage.process(replace(work, inputs=hashed), stage.params, resource)
+            files = {_safe_rel(stage, k): v for k, v in result.files.items()}
+            record = dict(result.record)
+        except Exception as exc:  # failures are data: recorded per item
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            files, record = {}, {}
+    root = Path(stage.root)
+    for rel in sorted(files):
+        io.write_bytes(root / rel, files[rel])
+    seconds = time.perf_counter() - t0
+    state = {
+        "key": work.key,
+        "static": static,
+        "fingerprint": fp,
+        "inputs": inputs,
+        "outputs": sorted(files),
+        "digests": {rel: [hashlib.sha256(files[rel]).hexdigest(), len(files[rel])] for rel in sorted(files)},
+        "record": record,
+        "status": status,
+        "error": error,
+        "seconds": round(seconds, 6),
+    }
+    return ItemOutcome(work.key, status, error, seconds, True, state=state)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class Executor(Protocol):
+    """Runs :func:`execute_item` over work items, yielding outcomes in any order."""
+
+    def run(self, stage: Stage[Any], works: Sequence[WorkItem]) -> Iterator[ItemOutcome]: ...
+
+
+class InlineExecutor:
+    """Everything in this process (one worker; also the easiest to debug)."""
+
+    def run(self, stage: Stage[Any], works: Sequence[WorkItem]) -> Iterator[ItemOutcome]:
+        for work in works:
+            yield execute_item(stage, work)
+
+
+_POOL_STAGE: list[Stage[Any]] = []
+
+
+def _pool_init(stage: Stage[Any], threads: int) -> None:
+    _limit_threads(threads)
+    _POOL_STAGE[:] = [stage]
+
+
+def _pool_call(work: WorkItem) -> ItemOutcome:
+    return execute_item(_POOL_STAGE[0], work)
+
+
+def _limit_threads(threads: int) -> None:
+    """Keep each worker from spawning a thread per core (N workers x N threads thrash)."""
+    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # OpenCV's and (when the parent imported it) torch's thread counts are set by the parent just before
+    # forking (see LocalExecutor.run): changing them in a forked child whose parent already used those thread
+    # pools can deadlock. A child that imports torch itself reads OMP_NUM_THREADS set above.
+
+
+class LocalExecutor:
+    """A local process pool (``multiprocessing``) with ``workers`` processes."""
+
+    def __init__(self, workers: int, start_method: str = "fork", chunksize: int = 1, threads_per_worker: int = 1):
+        self.workers = workers
+        self.start_method = start_method
+        self.chunksize = chunksize
+        self.threads = threads_per_worker
+
+    def run(self, stage: Stage[Any], works: Sequence[WorkItem]) -> Iterator[ItemOutcome]:
+        import multiprocessing as mp
+
+        import cv2
+
+        ctx = mp.get_context(self.start_method)
+        parent_threads = cv2.getNumThreads()
+        cv2.setNumThreads(self.threads)  # inherited by forked workers; restored below
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else 0
+        if torch is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            with ctx.Pool(self.workers, initializer=_pool_init, initargs=(stage, self.threads)) as pool:
+                try:
+                    yield from pool.imap_unordered(_pool_call, works, chunksize=self.chunksize)
+                except BaseException:
+                    pool.terminate()
+                    raise
+        finally:
+            cv2.setNumThreads(parent_threads)
+            if torch is not None:
+                torch.set_num_threads(torch_threads)
+
+
+def make_executor(runner: RunnerParams, n_todo: int) -> Executor:
+    """The executor that ``runner`` asks for (inline when one worker or at most one item is left)."""
+    if runner.executor == "ray":
+        from pipeline.core.executors.ray import RayExecutor
+
+        return RayExecutor(runner)
+    workers = min(runner.resolved_workers(), max(n_todo, 1))
+    if workers <= 1:
+        return InlineExecutor()
+    return LocalExecutor(workers, runner.start_method, runner.chunksize)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress bar on a terminal; periodic log lines otherwise."""
+
+    def __init__(self, stage: str, total: int, enabled: bool) -> None:
+        self.stage, self.total, self.done, self.failed = stage, total, 0, 0
+        self._last_log = time.monotonic()
+        self._bar: Any = None
+        if enabled and total > 0 and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn(f"[bold]{stage}[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[failed]} failed"), transient=False,
+            )
+            self._task = self._bar.add_task(stage, total=total, failed=0)
+            self._bar.start()
+
+    def advance(self, outcome: ItemOutcome) -> None:
+        self.done += 1
+        self.failed += outcome.status == "failed"
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, failed=self.failed)
+        elif time.monotonic() - self._last_log > 10 or self.done == self.total:
+            self._last_log = time.monotonic()
+            log.info("%s: %d/%d items computed (%d failed)", self.stage, self.done, self.total, self.failed)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run_stage(
+    stage: Stage[Any],
+    works: Iterable[WorkItem],
+    runner: RunnerParams,
+    reports_dir: Path | None = None,
+    retry_failed: bool = False,
+    executor: Executor | None = None,
+) -> StageResult:
+    """Run ``stage`` over ``works`` incrementally (see the module docstring).
+
+    Writes ``reports_dir/<stage>.parquet`` (one row per item: key, status, error, seconds) and
+    ``reports_dir/<stage>.json`` (counts; declared as DVC metrics) when ``reports_dir`` is given, then
+    raises :class:`StageFailed` if too many items failed.
+    """
+    with StateStore(stage.state_dir) as store:
+        result = _run_with_store(stage, works, runner, store, retry_failed, executor)
+    if reports_dir is not None:
+        write_report(result, Path(reports_dir))
+    _check_failures(result, runner)
+    return result
+
+
+def _run_with_store(
+    stage: Stage[Any],
+    works: Iterable[WorkItem],
+    runner: RunnerParams,
+    store: StateStore,
+    retry_failed: bool,
+    executor: Executor | None,
+) -> StageResult:
+    static = stage.static_key()
+    seen: set[str] = set()
+    todo: list[WorkItem] = []
+    old_outputs: dict[str, list[str]] = {}
+    outcomes: dict[str, ItemOutcome] = {}
+    for work in works:
+        if work.key in seen:
+            raise ValueError(f"stage {stage.name}: duplicate work item key {work.key!r}")
+        seen.add(work.key)
+        state = store.get(work.key)
+        if state is not None and _check_reusable(stage, work, static, retry_failed, state, store):
+            outcomes[work.key] = ItemOutcome(
+                work.key, state["status"], state.get("error", ""), float(state.get("seconds", 0.0)), False
+            )
+        else:
+            todo.append(work)
+            if state is not None:
+                old_outputs[work.key] = list(state.get("outputs", []))
+    store.commit()
+    n_reused = len(outcomes)
+    log.info("%s: %d items, %d up to date, %d to compute", stage.name, len(seen), n_reused, len(todo))
+
+    if todo:
+        if stage.warmup is not None:
+            stage.warmup(stage.params)
+        ex = executor or make_executor(runner, len(todo))
+        progress = _Progress(stage.name, len(todo), runner.progress)
+        try:
+            for outcome in ex.run(stage, todo):
+                if outcome.fatal:
+                    raise SetupFailed(f"stage {stage.name}: {outcome.error}")
+                outcomes[outcome.key] = outcome
+                _store_outcome(stage, store, outcome, old_outputs.get(outcome.key, ()))
+                progress.advance(outcome)
+        finally:
+            progress.close()
+
+    _remove_stale(stage, store, seen)
+    records: list[tuple[str, Mapping[str, Any]]] = []
+    produced: set[str] = set()
+    index: list[tuple[str, str, str, int]] = []
+    for key, state in store.items():
+        if key not in seen:
+            continue
+        produced.update(state.get("outputs", []))
+        index.extend(_index_rows(stage, key, state))
+        if outcomes[key].status == "ok":
+            records.append((key, state.get("record", {})))
+    _sweep(stage, produced)
+    write_index(Path(stage.root) / INDEX_NAME, index)
+    return StageResult(stage.name, tuple(records), tuple(outcomes[k] for k in sorted(seen)))
+
+
+def _index_rows(stage: Stage[Any], key: str, state: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
+    """``(key, path, sha256, bytes)`` of an item's outputs (records of older runners lack digests: hashed here)."""
+    digests: Mapping[str, Any] = state.get("digests") or {}
+    rows = []
+    for rel in state.get("outputs", []):
+        if rel in digests:
+            sha, size = digests[rel]
+        else:
+            full = Path(stage.root) / rel
+            sha, size = hash_file(full), full.stat().st_size
+        rows.append((key, rel, str(sha), int(size)))
+    return rows
+
+
+def write_index(path: Path, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """The stage's output index (sorted by path; deterministic bytes), rewritten only when it changed."""
+    import pandas as pd
+
+    df = pd.DataFrame(sorted(rows, key=lambda r: r[1]), columns=list(INDEX_COLUMNS))
+    if path.is_file():
+        try:
+            if io.read_parquet(path).equals(df):
+                return
+        except ValueError:
+            pass
+    io.write_parquet(path, df)
+
+
+def read_index(path: Path) -> dict[str, str]:
+    """``path -> sha256`` of a stage's output index (see :func:`write_index`)."""
+    return {str(r["path"]): str(r["sha256"]) for r in io.read_records(path, ["path", "sha256"])}
+
+
+def _store_outcome(stage: Stage[Any], store: StateStore, outcome: ItemOutcome, old_outputs: Iterable[str]) -> None:
+    """Driver side, as each outcome arrives: remove outputs the item no longer produces, then commit its state
+    (the last step: a run killed before it recomputes the item)."""
+    if outcome.state is None:
+        return
+    new = set(outcome.state.get("outputs", []))
+    root = Path(stage.root)
+    for rel in old_outputs:
+        if rel not in new:
+            io.remove(root / rel)
+    store.put(outcome.key, outcome.state)
+    store.commit()
+
+
+def _remove_stale(stage: Stage[Any], store: StateStore, current: set[str]) -> None:
+    root = Path(stage.root)
+    for key in store.all_keys():
+        if key in current:
+            continue
+        state = store.get(key) or {}
+        for rel in state.get("outputs", []):
+            io.remove(root / rel)
+        store.delete(key)
+        log.info("%s: removed outputs of vanished item %s", stage.name, key)
+    store.commit()
+
+
+def _sweep(stage: Stage[Any], produced: set[str]) -> None:
+    root = Path(stage.root)
+    for sub in stage.output_dirs:
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for dirpath, _dirnames, filenames in os.walk(base):
+            for fname in filenames:
+                full = Path(dirpath) / fname
+                rel = full.relative_to(root).as_posix()
+                if rel not in produced:
+                    io.remove(full)
+                    log.debug("%s: swept %s", stage.name, rel)
+    if root.is_dir():
+        for entry in os.scandir(root):
+            if entry.is_file() and io.is_temp_file(Path(entry.name)):
+                io.remove(Path(entry.path))
+
+
+def write_report(result: StageResult, reports_dir: Path) -> None:
+    """``<stage>.parquet`` (per item) and ``<stage>.json`` (counts) under ``reports_dir``."""
+    import pandas as pd
+
+    rows = [
+        {"key": o.key, "status": o.status, "error": o.error, "seconds": round(o.seconds, 4)} for o in result.outcomes
+    ]
+    df = pd.DataFrame(rows, columns=["key", "status", "error", "seconds"])
+    io.write_parquet(reports_dir / f"{result.stage}.parquet", df)
+    io.write_json(reports_dir / f"{result.stage}.json", summary(result))
+
+
+def summary(result: StageResult) -> dict[str, Any]:
+    n = result.n_items
+    return {
+        "items": n,
+        "ok": n - result.n_failed,
+        "failed": result.n_failed,
+        "failure_fraction": round(result.n_failed / n, 6) if n else 0.0,
+    }
+
+
+def _check_failures(result: StageResult, runner: RunnerParams) -> None:
+    n = result.n_items
+    if not n:
+        return
+    frac = result.n_failed / n
+    for o in result.failures[:20]:
+        log.warning("%s: item %s failed: %s", result.stage, o.key, o.error)
+    if result.n_failed > 20:
+        log.warning("%s: ... and %d more failures (see the stage report)", result.stage, result.n_failed - 20)
+    if frac > runner.max_failure_fraction:
+        raise StageFailed(
+            f"stage {result.stage}: {result.n_failed}/{n} items failed ({frac:.1%}), above "
+            f"runner.max_failure_fraction={runner.max_failure_fraction:.1%}; see reports/{result.stage}.parquet"
+        )

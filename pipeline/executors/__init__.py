@@ -1,8 +1,0 @@
-"""Executors that run the per-item runner's work somewhere other than a local process pool.
-
-The local executors (``inline``, ``local``) live in :mod:`pipeline.runner`; this package holds the
-distributed ones, imported only when ``runner.executor`` asks for them so that the default install does
-not need their dependencies:
-
-- :mod:`pipeline.executors.ray`: a Ray actor pool (``runner.executor: ray``, ``pip install maskloop[ray]``).
-"""

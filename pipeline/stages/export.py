@@ -1,0 +1,539 @@
+"""Export stage: the versioned dataset (COCO RLE, matting folders, leak-free splits, dataset card).
+
+Reads the curated masks (``paths.curated``), and, when present, trimaps, alpha + foreground, composites with
+their lineage, pre-annotations, corrections and review decisions. Writes under ``paths.export``::
+
+    matting/image/<id>.png        upright RGB source image (items) or composite image
+    matting/mask/<id>.png         binary mask {0,255}
+    matting/trimap/<id>.png       {0,128,255}            (when the trimap stage produced one)
+    matting/alpha/<id>.png        8-bit alpha            (when the matte/composite stages produced one)
+    matting/foreground/<id>.png   RGB foreground colour  (items with a matte only)
+    coco/<split>.json             COCO instances, one ``foreground`` annotation per image, RLE segmentation
+    splits/<split>.txt            file stems of the split (items and their composites)
+    splits.parquet                item_id, split, component, fg_fraction, dhash, n_composites
+    dataset.json                  dataset version (content hash), counts, split sizes
+    README.md                     the dataset card
+
+Per-item work (decode, RLE, copy files) runs on the incremental runner: only changed items are redone.
+Splits (:mod:`pipeline.dataset.splits`) are recomputed from all items each run (cheap) and are deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core import io
+from pipeline.core.errors import UserError
+from pipeline.core.items import Item, ok_items
+from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
+from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, dhash, near_duplicate_groups
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = "1"
+SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dhash", "n_composites")
+CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
+FOLDERS = ("image", "mask", "trimap", "alpha", "foreground")
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Shares of items per split (must sum to 1)."""
+
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self) -> None:
+        values = (self.train, self.val, self.test)
+        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+            raise ValueError(f"splits must be >= 0 and sum to 1, got train={self.train} val={self.val} test={self.test}")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """Section ``export`` of params.yaml.
+
+    ``require_verified``: export only items a human verified (curated ``verified``); otherwise every
+    ``included`` item. ``near_duplicate_max_distance``: images whose 64-bit dHash differ in at most this many
+    bits are one group (never split apart); -1 disables. ``n_strata``: foreground-size strata.
+    ``composites``: include composites (in their source item's split).
+    """
+
+    seed: int = 0
+    splits: SplitFractions = field(default_factory=SplitFractions)
+    n_strata: int = 3
+    near_duplicate_max_distance: int = 6
+    require_verified: bool = True
+    composites: bool = True
+    png_compression: int = 3
+
+    def __post_init__(self) -> None:
+        if self.n_strata < 1:
+            raise ValueError(f"n_strata must be >= 1, got {self.n_strata}")
+        if not -1 <= self.near_duplicate_max_distance <= 64:
+            raise ValueError(f"near_duplicate_max_distance must be in [-1, 64], got {self.near_duplicate_max_distance}")
+        if not 0 <= self.png_compression <= 9:
+            raise ValueError(f"png_compression must be in [0, 9], got {self.png_compression}")
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a ``(H, W)`` mask (nonzero = foreground): ``{"size": [H, W], "counts": str}``."""
+    import cv2
+    from pycocotools import mask as mask_util
+
+    binary = (mask > 0).astype(np.uint8)
+    fortran = cv2.transpose(binary).T if binary.size else np.asfortranarray(binary)  # column-major, cheap
+    rle = mask_util.encode(np.asfortranarray(fortran))
+    counts = rle["counts"]
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts.decode("ascii")}
+
+
+def rle_area_bbox(rle: Mapping[str, Any]) -> tuple[float, list[float]]:
+    """Area (pixels) and ``[x, y, w, h]`` box of a COCO RLE (pycocotools conventions)."""
+    from pycocotools import mask as mask_util
+
+    enc = {"size": list(rle["size"]), "counts": str(rle["counts"]).encode("ascii")}
+    return float(mask_util.area(enc)), [float(v) for v in mask_util.toBbox(enc)]
+
+
+def coco_document(records: Sequence[Mapping[str, Any]], split: str, version: str) -> dict[str, Any]:
+    """A COCO instances document for ``records`` (sorted by ``name``); ids count from 1 in that order."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for i, rec in enumerate(sorted(records, key=lambda r: str(r["name"])), start=1):
+        images.append(
+            {
+                "id": i,
+                "file_name": f"matting/image/{rec['name']}.png",
+                "width": int(rec["width"]),
+                "height": int(rec["height"]),
+                "item_id": rec["item_id"],
+                "composite": bool(rec["composite"]),
+            }
+        )
+        annotations.append(
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": CATEGORY["id"],
+                "segmentation": {"size": list(rec["rle_size"]), "counts": rec["rle_counts"]},
+                "area": float(rec["area"]),
+                "bbox": [float(v) for v in rec["bbox"]],
+                "iscrowd": 0,
+            }
+        )
+    return {
+        "info": {"description": f"maskloop export, split {split}", "version": version},
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [dict(CATEGORY)],
+    }
+
+
+def dataset_version(rows: Sequence[tuple[str, str, str]]) -> str:
+    """Content hash (16 hex digits) of ``(name, split, output digest)`` rows: the dataset version."""
+    h = hashlib.sha256()
+    for row in sorted(rows):
+        h.update("\0".join(row).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- per-item work
+
+
+def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
+    """Copy one item's (or composite's) files into the matting folders and compute its RLE record."""
+    name = str(work.data["name"])
+    compression = params.png_compression
+    files: dict[str, bytes] = {}
+    image = io.read_image(work.input("image"))
+    h, w = image.shape[:2]
+    mask = io.read_mask(work.input("mask"), shape=(h, w))
+    files[f"matting/image/{name}.png"] = io.encode_png(image, compression)
+    files[f"matting/mask/{name}.png"] = io.encode_png(mask, compression)
+    if "trimap" in work.inputs:
+        files[f"matting/trimap/{name}.png"] = io.encode_png(io.read_trimap(work.input("trimap"), shape=(h, w)), compression)
+    if "alpha" in work.inputs:
+        alpha = io.read_gray(work.input("alpha"))
+        if alpha.shape != (h, w):
+            raise ValueError(f"{work.input('alpha')}: alpha is {alpha.shape[1]}x{alpha.shape[0]}, expected {w}x{h}")
+        files[f"matting/alpha/{name}.png"] = io.encode_png(alpha, compression)
+    if "foreground" in work.inputs:
+        fg = io.read_image(work.input("foreground"))
+        if fg.shape[:2] != (h, w):
+            raise ValueError(f"{work.input('foreground')}: foreground is {fg.shape[1]}x{fg.shape[0]}, expected {w}x{h}")
+        files[f"matting/foreground/{name}.png"] = io.encode_png(fg, compression)
+    rle = encode_rle(mask)
+    area, bbox = rle_area_bbox(rle)
+    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+    return ItemResult(
+        files=files,
+        record={
+            "name": name,
+            "item_id": str(work.data["item_id"]),
+            "composite": bool(work.data["composite"]),
+            "width": int(w),
+            "height": int(h),
+            "rle_size": rle["size"],
+            "rle_counts": rle["counts"],
+            "area": area,
+            "bbox": bbox,
+            "fg_fraction": area / float(h * w) if h * w else 0.0,
+            "dhash": format(dhash(image), "016x"),
+            "digest": digest,
+            "folders": sorted({k.split("/")[1] for k in files}),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """Everything the export reads besides the per-item files (tables may be empty)."""
+
+    items: tuple[Item, ...]
+    curated: Any  # pandas DataFrame
+    lineage: Any
+    preannotations: Any
+    corrections: Any
+    decisions: Any
+    qa_report: Any
+
+
+def _table(path: Path) -> Any:
+    import pandas as pd
+
+    return io.read_parquet(path) if Path(path).is_file() else pd.DataFrame()
+
+
+def selected_items(curated: Any, require_verified: bool, where: Path) -> list[str]:
+    """Item ids the export contains (sorted): included (and, by default, verified) curated items.
+
+    Raises :class:`UserError` when ``curated`` lacks the needed columns or no item qualifies.
+    """
+    need = {"item_id", "included", "verified"}
+    missing = need - set(curated.columns)
+    if missing:
+        raise UserError(f"{where}: curated table lacks columns {sorted(missing)}; re-run `dvc repro curate`")
+    sel = curated[curated["included"].astype(bool)]
+    n_included = len(sel)
+    if require_verified:
+        sel = sel[sel["verified"].astype(bool)]
+    ids = sorted(str(i) for i in sel["item_id"])
+    if not ids:
+        if require_verified:
+            raise UserError(
+                f"{where}: nothing to export: 0 of {len(curated)} curated items are verified by a human "
+                f"({n_included} included); pull corrections / accept items in the review dashboard first, or set "
+                "export.require_verified: false to export unverified pre-annotations"
+            )
+        raise UserError(f"{where}: nothing to export: none of {len(curated)} curated items is included")
+    return ids
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for ext in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"):
+        p = folder / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lineage: Any,
+                composites: bool) -> list[WorkItem]:
+    """One work item per exported item, plus one per composite of an exported item (when enabled)."""
+    works: list[WorkItem] = []
+    curated_masks = Path(paths.curated) / "masks"
+    for item_id in ids:
+        if item_id not in items:
+            raise UserError(f"item {item_id}: in curated.parquet but not an ok item of {paths.manifest}")
+        mask = curated_masks / f"{item_id}.png"
+        if not mask.is_file():
+            raise UserError(f"item {item_id}: curated mask {mask} is missing; re-run `dvc repro curate`")
+        inputs = {"image": items[item_id].image_input(), "mask": FileInput(mask)}
+        for name, p in (
+            ("trimap", Path(paths.trimap) / "trimaps" / f"{item_id}.png"),
+            ("alpha", Path(paths.matte) / "alpha" / f"{item_id}.png"),
+            ("foreground", Path(paths.matte) / "foreground" / f"{item_id}.png"),
+        ):
+            if p.is_file():
+                inputs[name] = FileInput(p)
+        works.append(WorkItem(key=item_id, inputs=inputs, data={"name": item_id, "item_id": item_id, "composite": False}))
+    if composites and len(lineage) and {"composite_id", "item_id"} <= set(lineage.columns):
+        wanted = set(ids)
+        croot = Path(paths.composite)
+        for row in lineage.sort_values("composite_id").itertuples(index=False):
+            cid, src = str(row.composite_id), str(row.item_id)
+            if src not in wanted:
+                continue
+            image = _find_file(croot / "images", cid)
+            cmask = _find_file(croot / "masks", cid)
+            if image is None or cmask is None:
+                log.warning("composite %s of item %s: image or mask missing under %s; skipped", cid, src, croot)
+                continue
+            inputs = {"image": FileInput(image), "mask": FileInput(cmask)}
+            for name, sub in (("trimap", "trimaps"), ("alpha", "alpha")):
+                found = _find_file(croot / sub, cid)
+                if found is not None:
+                    inputs[name] = FileInput(found)
+            works.append(WorkItem(key=cid, inputs=inputs, data={"name": cid, "item_id": src, "composite": True}))
+    return works
+
+
+def split_table(records: Mapping[str, Mapping[str, Any]], lineage: Any, params: ExportParams) -> Any:
+    """The ``splits.parquet`` frame: one row per exported item (composites follow their item)."""
+    import pandas as pd
+
+    item_recs = {k: r for k, r in records.items() if not r["composite"]}
+    n_comp = Counter(str(r["item_id"]) for r in records.values() if r["composite"])
+    groups: dict[str, list[str]] = {k: [] for k in item_recs}
+    if params.near_duplicate_max_distance >= 0:
+        hashes = {k: int(str(r["dhash"]), 16) for k, r in item_recs.items()}
+        for k, cid in near_duplicate_groups(hashes, params.near_duplicate_max_distance).items():
+            groups[k].append(cid)
+    # Composite lineage: an item is tied to any other exported item used as its composites' background.
+    if len(lineage) and {"item_id", "background"} <= set(lineage.columns):
+        for row in lineage.itertuples(index=False):
+            src, bg = str(row.item_id), Path(str(row.background)).stem
+            if src in groups and bg in groups and bg != src:
+                groups[src].append("bg-" + min(src, bg) + "-" + max(src, bg))
+                groups[bg].append("bg-" + min(src, bg) + "-" + max(src, bg))
+    split_items = [SplitItem(k, float(item_recs[k]["fg_fraction"]), tuple(sorted(groups[k]))) for k in sorted(item_recs)]
+    assignment = assign_splits(split_items, params.splits.as_dict(), params.seed, params.n_strata)
+    from pipeline.dataset.splits import components
+
+    comp = components(split_items)
+    rows = [
+        {
+            "item_id": k,
+            "split": assignment[k],
+            "component": comp[k],
+            "fg_fraction": float(item_recs[k]["fg_fraction"]),
+            "dhash": str(item_recs[k]["dhash"]),
+            "n_composites": int(n_comp.get(k, 0)),
+        }
+        for k in sorted(item_recs)
+    ]
+    return pd.DataFrame(rows, columns=list(SPLIT_COLUMNS))
+
+
+# --------------------------------------------------------------------------- dataset card
+
+
+def _col(df: Any, name: str) -> Any:
+    return df[name] if name in getattr(df, "columns", ()) else None
+
+
+def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence[str], splits: Any) -> str:
+    """The export's ``README.md`` (deterministic markdown: counts, QA, splits, provenance)."""
+    idset = set(ids)
+    lines = [
+        f"# maskloop dataset {summary['version']}",
+        "",
+        "Binary foreground masks with trimaps, alpha mattes and synthetic composites, curated by humans with maskloop.",
+        "",
+        "## Contents",
+        "",
+        "| | count |",
+        "|---|---|",
+        f"| items (source photos) | {summary['items']} |",
+        f"| items verified by a human | {summary['verified']} |",
+        f"| composites | {summary['composites']} |",
+    ]
+    for folder in FOLDERS:
+        lines.append(f"| files in `matting/{folder}/` | {summary['files'].get(folder, 0)} |")
+    lines += ["", "## Splits", "", "Stratified by foreground size, grouped by near-duplicate cluster and composite "
+              "lineage (no image, its near-duplicates or its composites on two sides).", "",
+              "| split | items | composites | COCO images |", "|---|---|---|---|"]
+    for s in SPLITS:
+        sp = summary["splits"].get(s, {})
+        lines.append(f"| {s} | {sp.get('items', 0)} | {sp.get('composites', 0)} | {sp.get('images', 0)} |")
+    lines += ["", f"Seed {summary['params']['seed']}, fractions {summary['params']['splits']}, "
+              f"{summary['groups']} leak-free groups ({summary['multi_item_groups']} with several items).", ""]
+    # QA summary from curation.
+    cur = inputs.curated
+    lines += ["## QA summary", ""]
+    if len(cur):
+        exp = cur[cur["item_id"].astype(str).isin(idset)]
+        lines.append(f"- {len(cur)} curated items, {int(cur['included'].astype(bool).sum())} included, "
+                     f"{int(cur['verified'].astype(bool).sum())} verified; {len(exp)} exported.")
+        src = _col(exp, "source")
+        if src is not None:
+            for k, v in sorted(Counter(str(x) for x in src).items()):
+                lines.append(f"- exported masks from `{k}`: {v}")
+        fixes = _col(exp, "fixes")
+        if fixes is not None:
+            counts = Counter(f for x in fixes for f in str(x or "").split(",") if f and f != "None")
+            for k, v in sorted(counts.items()):
+                lines.append(f"- auto-fix `{k}` applied: {v}")
+        reasons = _col(cur, "excluded_reason")
+        if reasons is not None:
+            counts = Counter(str(x) for x in reasons if x is not None and str(x) not in ("", "None", "nan"))
+            for k, v in sorted(counts.items()):
+                lines.append(f"- excluded ({k}): {v}")
+    qa = inputs.qa_report
+    if len(qa) and {"check", "passed"} <= set(qa.columns):
+        failed = qa[~qa["passed"].astype(bool)]
+        for k, v in sorted(Counter(str(c) for c in failed["check"]).items()):
+            lines.append(f"- QA check `{k}` flagged: {v}")
+    lines.append("")
+    # Human corrections.
+    corr = inputs.corrections
+    lines += ["## Human corrections", ""]
+    if len(corr) and "item_id" in corr.columns:
+        c = corr[corr["item_id"].astype(str).isin(idset)].sort_values("item_id")
+        lines.append(f"{len(c)} exported items carry a pulled human correction.")
+        if len(c):
+            lines += ["", "| item | annotator | source | updated | mask sha256 |", "|---|---|---|---|---|"]
+            for r in c.itertuples(index=False):
+                lines.append(f"| {r.item_id} | {getattr(r, 'annotator', '')} | {getattr(r, 'source', '')} | "
+                             f"{getattr(r, 'updated_at', '')} | {str(getattr(r, 'mask_digest', ''))[:16]} |")
+    else:
+        lines.append("No pulled corrections.")
+    lines.append("")
+    # Review decisions.
+    dec = inputs.decisions
+    lines += ["## Review decisions", ""]
+    if len(dec) and "item_id" in dec.columns:
+        from qa.decisions import latest_per_item, read_decisions
+
+        latest = latest_per_item(read_decisions(Path(summary["_decisions_path"])))
+        mine = {k: d for k, d in latest.items() if k in idset}
+        lines.append(f"{len(dec)} decisions recorded; latest decision for exported items: "
+                     + (", ".join(f"{k} {v}" for k, v in sorted(Counter(d.decision for d in mine.values()).items()))
+                        or "none"))
+        if mine:
+            lines += ["", "| item | decision | reviewer | decided | fix |", "|---|---|---|---|---|"]
+            for k in sorted(mine):
+                d = mine[k]
+                lines.append(f"| {k} | {d.decision} | {d.reviewer} | {d.decided_at} | {d.fix} |")
+    else:
+        lines.append("No review decisions.")
+    lines.append("")
+    # Pre-annotation models.
+    pre = inputs.preannotations
+    lines += ["## Pre-annotation models", ""]
+    if len(pre) and {"item_id", "model"} <= set(pre.columns):
+        p = pre[pre["item_id"].astype(str).isin(idset)]
+        version = p["model_version"] if "model_version" in p.columns else [""] * len(p)
+        models: Counter[tuple[str, str]] = Counter(
+            zip((str(m) for m in p["model"]), (str(v) for v in version), strict=True)
+        )
+        lines += ["| model | version | items |", "|---|---|---|"]
+        for (m, mv), count in sorted(models.items()):
+            lines.append(f"| {m} | {mv} | {count} |")
+    else:
+        lines.append("No pre-annotation table found.")
+    lines += ["", "## Files", "", "- `coco/<split>.json`: COCO instances, category `foreground`, RLE segmentation "
+              "(`pycocotools.coco.COCO`).", "- `matting/{image,mask,trimap,alpha,foreground}/<name>.png`; composites "
+              "are named by composite id and have no `foreground/` file.", "- `splits.parquet`, `splits/<split>.txt`, "
+              "`dataset.json`.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def load_inputs(paths: Paths) -> ExportInputs:
+    curated_path = Path(paths.curated) / "curated.parquet"
+    if not curated_path.is_file():
+        raise UserError(f"{curated_path}: curated table not found; run `dvc repro curate` before exporting")
+    if not Path(paths.manifest).is_file():
+        raise UserError(f"{paths.manifest}: manifest not found; run `maskloop ingest` first")
+    return ExportInputs(
+        items=tuple(ok_items(paths.manifest)),
+        curated=io.read_parquet(curated_path),
+        lineage=_table(Path(paths.composite) / "lineage.parquet"),
+        preannotations=_table(Path(paths.preannotate) / "preannotations.parquet"),
+        corrections=_table(Path(paths.corrections) / "corrections.parquet"),
+        decisions=_table(Path(paths.decisions)),
+        qa_report=_table(Path(paths.curated) / "qa_report.parquet"),
+    )
+
+
+def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[str, Any]:
+    """Export the verified dataset; returns the ``dataset.json`` summary."""
+    paths = load_paths(params_path)
+    params = load_section(params_path, "export", ExportParams)
+    inputs = load_inputs(paths)
+    ids = selected_items(inputs.curated, params.require_verified, Path(paths.curated) / "curated.parquet")
+    items = {it.item_id: it for it in inputs.items}
+    works = build_works(paths, ids, items, inputs.lineage, params.composites)
+    root = Path(paths.export)
+    stage: Stage[ExportParams] = Stage(
+        name="export", version=STAGE_VERSION, params=params, root=root, process=process,
+        state_root=paths.state, output_dirs=("matting",),
+    )
+    result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed)
+    records = result.record_map()
+    item_records = {k: r for k, r in records.items() if not r["composite"]}
+    if not item_records:
+        raise UserError(f"export: all {len(ids)} selected items failed; see {Path(paths.reports) / 'export.parquet'}")
+    splits = split_table(records, inputs.lineage, params)
+    split_of = dict(zip(splits["item_id"], splits["split"], strict=True))
+    by_split: dict[str, list[Mapping[str, Any]]] = {s: [] for s in SPLITS}
+    for r in records.values():
+        by_split[split_of[str(r["item_id"])]].append(r)
+    version = dataset_version([(str(r["name"]), split_of[str(r["item_id"])], str(r["digest"])) for r in records.values()])
+    for s in SPLITS:
+        recs = sorted(by_split[s], key=lambda r: str(r["name"]))
+        io.write_json(root / "coco" / f"{s}.json", coco_document(recs, s, version))
+        io.write_text(root / "splits" / f"{s}.txt", "".join(f"{r['name']}\n" for r in recs))
+    io.write_parquet(root / "splits.parquet", splits)
+    files = Counter(f for r in records.values() for f in r["folders"])
+    comp_sizes = Counter(splits["component"])
+    cur = inputs.curated
+    verified_ids = set(str(i) for i in cur.loc[cur["verified"].astype(bool), "item_id"])
+    n_verified = sum(1 for k in item_records if k in verified_ids)
+    if n_verified < len(item_records):
+        log.warning("export: %d of %d exported items are NOT verified by a human (export.require_verified: false)",
+                    len(item_records) - n_verified, len(item_records))
+    summary: dict[str, Any] = {
+        "version": version,
+        "items": len(item_records),
+        "composites": len(records) - len(item_records),
+        "verified": n_verified,
+        "files": {f: int(files.get(f, 0)) for f in FOLDERS},
+        "splits": {
+            s: {
+                "items": sum(1 for r in by_split[s] if not r["composite"]),
+                "composites": sum(1 for r in by_split[s] if r["composite"]),
+                "images": len(by_split[s]),
+            }
+            for s in SPLITS
+        },
+        "groups": len(comp_sizes),
+        "multi_item_groups": sum(1 for v in comp_sizes.values() if v > 1),
+        "failed": result.n_failed,
+        "params": {"seed": params.seed, "splits": params.splits.as_dict()},
+    }
+    card = dataset_card({**summary, "_decisions_path": str(paths.decisions)}, inputs, sorted(item_records), splits)
+    io.write_text(root / "README.md", card)
+    io.write_json(root / "dataset.json", summary)
+    log.info("export %s: %d items, %d composites; splits %s", version, summary["items"], summary["composites"],
+             json.dumps({s: summary["splits"][s]["items"] for s in SPLITS}))
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
