@@ -72,6 +72,7 @@ COMMANDS: dict[str, str] = {
     "pull": "pipeline.stages.pull",
     "review": "pipeline.commands.review",
     "review-export": "pipeline.commands.review",
+    "review-users": "pipeline.commands.review_users",
     "qa-check": "pipeline.commands.qa_check",
     "sam-prompt": "pipeline.commands.sam_prompt",
     "evaluate-matting": "pipeline.commands.evaluate_matting",
@@ -86,10 +87,14 @@ def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
+    from pipeline.core.secrets import RedactingFilter
+
     handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    handler.addFilter(RedactingFilter())  # no token, password or URL credential reaches the terminal
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in ("pipeline", "qa", "dashboards"):
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries are logged by annotation.http
 
 
 @app.callback()

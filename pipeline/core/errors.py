@@ -55,7 +55,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def user_message(exc: BaseException) -> str:
-    """The one-sentence message the CLI prints for an expected error."""
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    return str(exc)
+    """The one-sentence message the CLI prints for an expected error (secrets removed)."""
+    from pipeline.core.secrets import redact
+
+    return redact(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))

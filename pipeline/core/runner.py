@@ -48,6 +48,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from pipeline.core import io
 from pipeline.core.params import RunnerParams, params_digest
+from pipeline.core.secrets import redact
 from pipeline.core.state_store import StateStore
 
 log = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
         try:
             resource = _resource_for(stage)
         except Exception as exc:
-            return ItemOutcome(work.key, "failed", f"setup failed: {type(exc).__name__}: {exc}",
+            return ItemOutcome(work.key, "failed", redact(f"setup failed: {type(exc).__name__}: {exc}"),
                                time.perf_counter() - t0, True, fatal=True)
         try:
             # process sees every input's content digest (hashed once, here): FileInput.digest is always set
@@ -327,7 +328,7 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
             files = {_safe_rel(stage, k): v for k, v in result.files.items()}
             record = dict(result.record)
         except Exception as exc:  # failures are data: recorded per item
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")  # reports never hold a secret
             files, record = {}, {}
     root = Path(stage.root)
     for rel in sorted(files):

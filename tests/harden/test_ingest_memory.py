@@ -26,7 +26,7 @@ SLACK = 24 * MB  # allocator and interpreter noise on top of the documented boun
 MEASURE = r"""
 import json, resource, sys
 from pathlib import Path
-from pipeline import ingest
+from pipeline.stages import ingest
 from pipeline.core.runner import FileInput, WorkItem
 
 def peak():
