@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ import numpy as np
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
-from pipeline.annotation.http import redact, register_secret, safe_url
+from pipeline.annotation.http import RETRY_STATUSES, HttpParams, redact, register_secret, safe_url
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -112,6 +113,10 @@ class CvatParams:
             raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
         _parse_version(self.min_server_version, "min_server_version")
 
+    def http(self) -> HttpParams:
+        """The retry/timeout settings shared with the other backends (:mod:`pipeline.annotation.http`)."""
+        return HttpParams(timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s)
+
     def server_url(self) -> str:
         """``url``, or the value of the ``url_env`` environment variable when that is set."""
         env = os.environ.get(self.url_env, "").strip() if self.url_env else ""
@@ -148,7 +153,7 @@ def transient_reason(exc: BaseException, idempotent: bool) -> str | None:
         return f"cannot connect ({type(exc).__name__})"
     if isinstance(exc, u3.HTTPError | ConnectionError | TimeoutError):
         return type(exc).__name__ if idempotent else None
-    if isinstance(exc, ApiException) and (exc.status == 429 or (exc.status or 0) >= 500):
+    if isinstance(exc, ApiException) and (exc.status in RETRY_STATUSES or (exc.status or 0) >= 500):
         return f"HTTP {exc.status}" if idempotent else None
     return None
 
@@ -228,8 +233,11 @@ class CvatConnection:
         return f"CvatConnection({self.shown_url!r}, user={self._username!r})"
 
     def retry(self, what: str, fn: Callable[[], T], idempotent: bool = True) -> T:
-        return with_retries(fn, what, url=self.shown_url, max_retries=self.params.max_retries,
-                            backoff_s=self.params.backoff_s, idempotent=idempotent)
+        """``fn`` under the shared policy (:mod:`pipeline.annotation.http`) applied per SDK operation: idempotent
+        operations retried, creating ones never blindly repeated."""
+        http = self.params.http()
+        return with_retries(fn, what, url=self.shown_url, max_retries=http.max_retries, backoff_s=http.backoff_s,
+                            idempotent=idempotent)
 
     def client(self) -> Any:
         """The connected client (connects, checks the server version and logs in on first use)."""
@@ -366,6 +374,75 @@ def plan_replacement(items: Sequence[PushItem], placed: Mapping[str, tuple[int, 
         todo.append(it)
         stale.extend(shape_id for shape_id, _ in old)
     return todo, kept, sorted(stale)
+
+
+@dataclass(frozen=True)
+class ServerShape:
+    """A shape on the server, as far as a push compares it: where it is, who made it and what it is."""
+
+    shape_id: int
+    frame: int
+    source: str
+    type: str = ""
+    label_id: int = -1
+    points: tuple[float, ...] = ()
+
+    def signature(self) -> tuple[str, int, tuple[float, ...]]:
+        return shape_signature(self.type, self.label_id, self.points)
+
+
+def shape_signature(shape_type: str, label_id: int, points: Sequence[float]) -> tuple[str, int, tuple[float, ...]]:
+    """What makes two shapes identical for a push (points rounded to 0.01 px: the server stores floats)."""
+    return str(shape_type), int(label_id), tuple(round(float(p), 2) for p in points)
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What a push does with the frames of items that are on the server but whose receipt digest differs or is
+    missing (a new pre-annotation, or a lost receipt being rebuilt)."""
+
+    replace: tuple[PushItem, ...]  # auto shapes differ from the pre-annotation: replaced
+    identical: tuple[PushItem, ...]  # the server already holds exactly these shapes: nothing is sent
+    kept: tuple[PushItem, ...]  # changed since the last push, but people own the frame: not sent (warned)
+    adopted: tuple[PushItem, ...]  # no receipt row and people own the frame: recorded as sent, no warning
+    stale: tuple[int, ...]  # shape ids removed before the replacement shapes are added
+
+
+def plan_sync(items: Sequence[PushItem], placed: Mapping[str, tuple[int, int]], shapes: Sequence[ServerShape],
+              expected: Mapping[str, Sequence[tuple[str, int, tuple[float, ...]]]], known: AbstractSet[str],
+              locked_frames: AbstractSet[int] = frozenset()) -> SyncPlan:
+    """Plan one task's frames (pure). ``expected``: item_id -> signatures of the shapes its current pre-annotation
+    gives; ``known``: items with an active receipt row (a differing digest there is a real change);
+    ``locked_frames``: frames of completed jobs.
+
+    A frame whose shapes are all ``auto`` and equal ``expected`` is left alone (rebuilding a lost receipt rewrites
+    nothing identical and bumps no job's date). A frame a person edited (any non-``auto`` shape) is never
+    rewritten: for a known item that is a changed pre-annotation not sent (warned); for an item the
+    receipt did not know it is adopted (its current digest recorded, so later pushes raise no false warning); so is
+    a frame of a completed job the receipt did not know (the annotator accepted its auto shapes). Any other frame
+    gets its auto shapes replaced (a known item's genuinely new pre-annotation, also in a completed job)."""
+    on_frame: dict[int, list[ServerShape]] = {}
+    for sh in shapes:
+        on_frame.setdefault(sh.frame, []).append(sh)
+    replace: list[PushItem] = []
+    identical: list[PushItem] = []
+    kept: list[PushItem] = []
+    adopted: list[PushItem] = []
+    stale: list[int] = []
+    for it in sorted(items, key=lambda i: i.item_id):
+        frame = placed[it.item_id][1]
+        old = on_frame.get(frame, [])
+        people = any(sh.source != AUTO_SOURCE for sh in old)
+        if not people and sorted(sh.signature() for sh in old) == sorted(expected.get(it.item_id, ())):
+            identical.append(it)
+        elif people:
+            (kept if it.item_id in known else adopted).append(it)
+        elif frame in locked_frames and it.item_id not in known:
+            adopted.append(it)  # rebuilding: a completed job's auto shapes are what the annotator accepted
+        else:
+            replace.append(it)
+            stale.extend(sh.shape_id for sh in old)
+    return SyncPlan(tuple(replace), tuple(identical), tuple(kept), tuple(adopted), tuple(sorted(stale)))
 
 
 def shape_points(mask: np.ndarray, shape_type: str) -> list[list[float]]:
@@ -546,40 +623,57 @@ class CvatBackend:
                 placed[it.item_id] = (int(task.id), frames[it.item_id])
                 pushed[it.item_id] = it.digest()
             log.info("CVAT: task %d with %d frames created (%d/%d)", task.id, len(chunk), n, len(chunks))
-        replaced, kept = self._replace_changed(changed, placed, tasks, label_id)
-        for it in replaced:
+        known = {item_id for item_id, digest in pushed.items() if digest}  # an empty digest was never a real push
+        plan = self._replace_changed(changed, placed, tasks, label_id, known)
+        replaced, kept = list(plan.replace), list(plan.kept)
+        for it in (*plan.replace, *plan.identical, *plan.adopted):
             pushed[it.item_id] = it.digest()
+        if plan.identical:
+            log.info("CVAT: %d frames already hold exactly their pre-annotation; nothing sent for them",
+                     len(plan.identical))
+        if plan.adopted:
+            log.info("CVAT: receipt rebuilt for %d frames people edited (or in completed jobs): kept as they are",
+                     len(plan.adopted))
         if kept:
-            log.warning("CVAT: %d changed pre-annotations were not sent because people already edited those frames: "
-                        "%s", len(kept), ", ".join(it.item_id for it in kept[:10]))
+            log.warning("CVAT: %d changed pre-annotations were not sent because people already edited those frames "
+                        "(or their jobs are completed): %s", len(kept), ", ".join(it.item_id for it in kept[:10]))
         rows, removed = receipt_rows(items, placed, int(project.id), receipt, pushed, self.conn.server_version)
         if removed:
             log.info("CVAT: %d items left the dataset; their frames stay on the server", len(removed))
         return PushOutcome(receipt=tuple(rows), created=len(new), updated=len(replaced),
-                           unchanged=len(unchanged) + len(kept), removed=tuple(removed),
+                           unchanged=len(unchanged) + len(kept) + len(plan.identical) + len(plan.adopted),
+                           removed=tuple(removed),
                            server_version=self.conn.server_version)
 
     def _replace_changed(self, changed: Sequence[PushItem], placed: Mapping[str, tuple[int, int]],
-                         tasks: Mapping[int, Any], label_id: int) -> tuple[list[PushItem], list[PushItem]]:
-        """Replace the shapes of changed items' frames (only frames nobody edited). Returns (replaced, kept)."""
+                         tasks: Mapping[int, Any], label_id: int, known: AbstractSet[str]) -> SyncPlan:
+        """Bring the frames of changed items up to date (:func:`plan_sync`): replace differing auto shapes, send
+        nothing for identical ones, never touch frames people edited or frames of completed jobs."""
         by_task: dict[int, list[PushItem]] = {}
         for it in changed:
             by_task.setdefault(placed[it.item_id][0], []).append(it)
-        replaced: list[PushItem] = []
-        kept: list[PushItem] = []
+        plans: list[SyncPlan] = []
         for task_id in sorted(by_task):
             task = tasks[task_id]
             anns = self.conn.retry(f"annotations of task {task_id}", task.get_annotations)
-            shapes = [(int(s.id), int(s.frame), _str(s.source)) for s in anns.shapes]
-            todo, keep, stale = plan_replacement(by_task[task_id], placed, shapes)
-            kept.extend(keep)
-            if stale:
-                self.conn.retry(f"removal of {len(stale)} old shapes in task {task_id}",
-                                functools.partial(task.remove_annotations, ids=stale))
-            frames = {it.item_id: placed[it.item_id][1] for it in todo}
-            self._add_shapes(task, frames, todo, label_id)
-            replaced.extend(todo)
-        return replaced, kept
+            shapes = [ServerShape(int(s.id), int(s.frame), _str(s.source), _str(s.type), int(s.label_id),
+                                  tuple(float(p) for p in (s.points or []))) for s in anns.shapes]
+            jobs = self.conn.retry(f"job list of task {task_id}", task.get_jobs)
+            locked = {f for job in jobs if _str(job.state) == "completed"
+                      for f in range(int(job.start_frame), int(job.stop_frame) + 1)}
+            expected = {it.item_id: [shape_signature(r.type.value if hasattr(r.type, "value") else str(r.type),
+                                                     int(r.label_id), r.points)
+                                     for r in self._shape_requests(it, 0, label_id)]
+                        for it in by_task[task_id]}
+            plan = plan_sync(by_task[task_id], placed, shapes, expected, known, locked)
+            if plan.stale:
+                self.conn.retry(f"removal of {len(plan.stale)} old shapes in task {task_id}",
+                                functools.partial(task.remove_annotations, ids=list(plan.stale)))
+            frames = {it.item_id: placed[it.item_id][1] for it in plan.replace}
+            self._add_shapes(task, frames, plan.replace, label_id)
+            plans.append(plan)
+        return SyncPlan(*(tuple(x for p in plans for x in getattr(p, f)) for f in
+                          ("replace", "identical", "kept", "adopted", "stale")))
 
     # ---- pull
 
