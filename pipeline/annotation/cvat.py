@@ -45,7 +45,7 @@ import numpy as np
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
-from pipeline.annotation.http import redact, register_secret, safe_url
+from pipeline.annotation.http import RETRY_STATUSES, HttpParams, redact, register_secret, safe_url
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -113,6 +113,10 @@ class CvatParams:
             raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
         _parse_version(self.min_server_version, "min_server_version")
 
+    def http(self) -> HttpParams:
+        """The retry/timeout settings shared with the other backends (:mod:`pipeline.annotation.http`)."""
+        return HttpParams(timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s)
+
     def server_url(self) -> str:
         """``url``, or the value of the ``url_env`` environment variable when that is set."""
         env = os.environ.get(self.url_env, "").strip() if self.url_env else ""
@@ -149,7 +153,7 @@ def transient_reason(exc: BaseException, idempotent: bool) -> str | None:
         return f"cannot connect ({type(exc).__name__})"
     if isinstance(exc, u3.HTTPError | ConnectionError | TimeoutError):
         return type(exc).__name__ if idempotent else None
-    if isinstance(exc, ApiException) and (exc.status == 429 or (exc.status or 0) >= 500):
+    if isinstance(exc, ApiException) and (exc.status in RETRY_STATUSES or (exc.status or 0) >= 500):
         return f"HTTP {exc.status}" if idempotent else None
     return None
 
@@ -229,8 +233,11 @@ class CvatConnection:
         return f"CvatConnection({self.shown_url!r}, user={self._username!r})"
 
     def retry(self, what: str, fn: Callable[[], T], idempotent: bool = True) -> T:
-        return with_retries(fn, what, url=self.shown_url, max_retries=self.params.max_retries,
-                            backoff_s=self.params.backoff_s, idempotent=idempotent)
+        """``fn`` under the shared policy (:mod:`pipeline.annotation.http`) applied per SDK operation: idempotent
+        operations retried, creating ones never blindly repeated."""
+        http = self.params.http()
+        return with_retries(fn, what, url=self.shown_url, max_retries=http.max_retries, backoff_s=http.backoff_s,
+                            idempotent=idempotent)
 
     def client(self) -> Any:
         """The connected client (connects, checks the server version and logs in on first use)."""
