@@ -281,7 +281,7 @@ class CvatConnection:
                      self.server_version, ", ".join(str(v) for v in Client.SUPPORTED_SERVER_VERSIONS))
         creds = AccessTokenCredentials(self._token) if self._token else PasswordCredentials(self._username,
                                                                                             self._password)
-        self.retry("login", lambda: client.login(creds))
+        self.retry("login", lambda: client.login(creds), idempotent=False)  # a POST: the pool never repeats it
         if self.params.organization:
             client.organization_slug = self.params.organization
         log.info("connected to CVAT %s at %s", self.server_version, self.shown_url)
@@ -619,7 +619,7 @@ class CvatBackend:
                     reason = str(exc).strip().replace("\n", " ")[:300]
                 if reason is None:
                     raise
-                raise UserError(f"CVAT at {self.conn.url}: creating task {name!r} failed ({reason}); re-run the "
+                raise UserError(f"CVAT at {self.conn.shown_url}: creating task {name!r} failed ({reason}); re-run the "
                                 "push: tasks already complete are found again by their frame names, an empty "
                                 "one is deleted") from exc
         return task
@@ -687,7 +687,8 @@ class CvatBackend:
             plan = plan_sync(by_task[task_id], placed, shapes, expected, known, locked)
             if plan.stale:
                 self.conn.retry(f"removal of {len(plan.stale)} old shapes in task {task_id}",
-                                functools.partial(task.remove_annotations, ids=list(plan.stale)))
+                                functools.partial(task.remove_annotations, ids=list(plan.stale)),
+                                idempotent=False)  # a PATCH: the pool never repeats it
             frames = {it.item_id: placed[it.item_id][1] for it in plan.replace}
             self._add_shapes(task, frames, plan.replace, label_id)
             plans.append(plan)
@@ -717,7 +718,7 @@ class CvatBackend:
 
         project = self.find_project()
         if project is None:
-            raise UserError(f"CVAT at {self.conn.url} has no project named {self.params.project_name!r}; "
+            raise UserError(f"CVAT at {self.conn.shown_url} has no project named {self.params.project_name!r}; "
                             "run `maskloop push` first")
         names = {v: k for k, v in self.label_ids(project).items()}
         labels = self.params.counted_labels()
@@ -778,7 +779,7 @@ class CvatBackend:
     def status(self) -> Mapping[str, Any]:
         project = self.find_project()
         if project is None:
-            return {"backend": BACKEND, "url": self.conn.url, "project": None,
+            return {"backend": BACKEND, "url": self.conn.shown_url, "project": None,
                     "server_version": self.conn.server_version}
         jobs: dict[str, int] = {}
         tasks = self.tasks(project)
@@ -786,7 +787,7 @@ class CvatBackend:
             for job in self.conn.retry(f"job list of task {task.id}", task.get_jobs):
                 key = f"{_str(job.stage)}/{_str(job.state)}"
                 jobs[key] = jobs.get(key, 0) + 1
-        return {"backend": BACKEND, "url": self.conn.url, "server_version": self.conn.server_version,
+        return {"backend": BACKEND, "url": self.conn.shown_url, "server_version": self.conn.server_version,
                 "project": int(project.id), "tasks": len(tasks), "jobs": dict(sorted(jobs.items()))}
 
 

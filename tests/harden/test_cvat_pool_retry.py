@@ -168,3 +168,20 @@ def test_refused_connection_is_retried_for_any_method(monkeypatch: pytest.Monkey
             conn.retry("login", lambda: rest.POST(f"http://127.0.0.1:{port}/api/auth/login", body={}))
     finally:
         client.close()
+
+
+def test_connect_through_the_project_code_retries_reads_not_the_login(server: tuple[str, Script],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """CvatConnection.client(): the version check (GET) survives a 503, the login (POST) answered 503 is sent once
+    and reported in one sentence without the password."""
+    url, script = server
+    script.statuses["GET"] = [502, 200]
+    script.statuses["POST"] = [503, 200]
+    params = CvatParams(url=url, max_retries=3, backoff_s=0.0, timeout_s=5.0)
+    monkeypatch.delenv(params.url_env, raising=False)
+    conn = CvatConnection(params, username="bob", password="pw-not-real-1234")
+    with pytest.raises(UserError, match=r"login failed with HTTP 503.*not repeated automatically") as failed:
+        conn.client()
+    assert "pw-not-real-1234" not in str(failed.value)
+    assert conn.server_version == "2.23.0"
+    assert [m for m, _ in script.seen] == ["GET", "GET", "POST"]
