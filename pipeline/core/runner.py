@@ -1,9 +1,10 @@
 """The per-item incremental executor every stage runs on.
 
-A stage hands the runner a :class:`Stage` (name, code version, frozen params, a module-level
-``process`` function) and an iterable of :class:`WorkItem`. For each item the runner computes a
-**fingerprint** = hash(stage name, stage version, params digest, content digests of the item's input
-files, the item's fingerprinted ``data``) and recomputes the item only when its fingerprint changed or
+A stage hands the runner a :class:`Stage` (name, frozen params, a module-level ``process`` function)
+and an iterable of :class:`WorkItem` (both defined in :mod:`pipeline.core.work`). For each item the runner
+computes a **fingerprint** = hash(stage name, code digest of the stage's import closure
+(:mod:`pipeline.core.code_version`: no hand-bumped version), params digest, content digests of the item's
+input files, the item's fingerprinted ``data``) and recomputes the item only when its fingerprint changed or
 an output it recorded is missing. Everything else is reused.
 
 Guarantees:
@@ -29,28 +30,42 @@ Executors: ``inline`` (in-process; used for one worker), ``local`` (a process po
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pipeline.core import io
-from pipeline.core.params import RunnerParams, params_digest
+from pipeline.core.params import RunnerParams
+from pipeline.core.work import (
+    FileInput,
+    ItemOutcome,
+    ItemResult,
+    ProcessFn,
+    SetupFn,
+    Stage,
+    WorkItem,
+    execute_item,
+    fingerprint,
+    hash_file,
+    iter_state_keys,
+    limit_threads,
+    load_state,
+    stat,
+    state_path,
+    write_state,
+)
+
+__all__ = [  # the stage-facing names, importable from here as before the split into pipeline.core.work
+    "FileInput", "ItemOutcome", "ItemResult", "ProcessFn", "SetupFailed", "SetupFn", "Stage", "StageFailed",
+    "StageResult", "WorkItem", "execute_item", "hash_file", "run_stage",
+]
 
 log = logging.getLogger(__name__)
-
-P = TypeVar("P")
-R = TypeVar("R")
-
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HASH_CHUNK = 1 << 20
 
 
 class StageFailed(RuntimeError):
@@ -59,93 +74,6 @@ class StageFailed(RuntimeError):
 
 class SetupFailed(RuntimeError):
     """A stage's per-worker ``setup`` (e.g. loading a model) failed: nothing can be processed."""
-
-
-@dataclass(frozen=True)
-class FileInput:
-    """An input file of an item. ``digest`` may be given when the content hash is already known
-    (e.g. the item id of a source image); otherwise the runner hashes the file. Inside ``process`` it is
-    always set (SHA-256 hex of the bytes), so a stage never needs to hash an input again."""
-
-    path: Path
-    digest: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One unit of work: a filename-safe ``key`` unique in the stage, named input files (fingerprinted by
-    content, not by path), and JSON-able ``data`` that is both passed to ``process`` and fingerprinted."""
-
-    key: str
-    inputs: Mapping[str, FileInput] = field(default_factory=dict)
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not _KEY_RE.match(self.key):
-            raise ValueError(f"work item key {self.key!r} is not filename-safe ([A-Za-z0-9_.-], <=128 chars)")
-
-    def input(self, name: str) -> Path:
-        """Path of input ``name`` (KeyError names the item when absent)."""
-        try:
-            return Path(self.inputs[name].path)
-        except KeyError:
-            raise KeyError(f"item {self.key}: no input named {name!r} (has {sorted(self.inputs)})") from None
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """What ``process`` returns: output files (path relative to the stage root -> bytes) and one table
-    record (JSON-able scalars) that the stage assembles into its table."""
-
-    files: Mapping[str, bytes] = field(default_factory=dict)
-    record: Mapping[str, Any] = field(default_factory=dict)
-
-
-ProcessFn = Callable[[WorkItem, Any, Any], ItemResult]
-SetupFn = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Stage(Generic[P]):
-    """A stage as the runner sees it.
-
-    ``process(work, params, resource) -> ItemResult`` must be a module-level function (it is pickled to
-    worker processes / Ray actors). ``setup(params) -> resource`` runs once per worker (load a model there,
-    never at import). ``warmup(params)`` runs once in the driver before any worker starts, and only when
-    there is work to do (e.g. fill a JIT compilation cache that every worker then loads instead of compiling). ``output_dirs`` are folders under ``root`` that only this stage writes: files in them
-    that no current item produced are swept. ``version`` is the stage's code version: bump it when a code
-    change alters outputs.
-    """
-
-    name: str
-    version: str
-    params: P
-    root: Path
-    process: ProcessFn
-    state_root: Path
-    setup: SetupFn | None = None
-    output_dirs: tuple[str, ...] = ()
-    gpu: bool = False
-    warmup: Callable[[Any], None] | None = None
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.state_root) / self.name
-
-    def static_key(self) -> str:
-        return _sha256_text(f"{self.name}\0{self.version}\0{params_digest(self.params)}")
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """Summary of one item after a run (returned by workers; small and picklable)."""
-
-    key: str
-    status: str  # "ok" | "failed"
-    error: str
-    seconds: float
-    computed: bool
-    fatal: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,72 +112,13 @@ class StageResult:
         return pd.DataFrame(rows, columns=list(columns))
 
 
-# --------------------------------------------------------------------------- hashing / state
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def hash_file(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-def fingerprint(static_key: str, digests: Mapping[str, str], data: Mapping[str, Any]) -> str:
-    blob = json.dumps(
-        {"static": static_key, "inputs": dict(sorted(digests.items())), "data": data},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    return _sha256_text(blob)
-
-
-def _state_path(stage: Stage[Any], key: str) -> Path:
-    return stage.state_dir / key[:2] / f"{key}.json"
-
-
-def _load_state(stage: Stage[Any], key: str) -> dict[str, Any] | None:
-    path = _state_path(stage, key)
-    try:
-        return json.loads(path.read_bytes())  # type: ignore[no-any-return]
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        log.warning("%s: unreadable state record %s; the item will be recomputed", stage.name, path)
-        return None
-
-
-def _write_state(stage: Stage[Any], key: str, state: Mapping[str, Any]) -> None:
-    io.write_bytes(_state_path(stage, key), json.dumps(state, sort_keys=True).encode())
-
-
-def _iter_state_keys(stage: Stage[Any]) -> Iterator[str]:
-    root = stage.state_dir
-    if not root.is_dir():
-        return
-    for sub in sorted(os.scandir(root), key=lambda e: e.name):
-        if not sub.is_dir():
-            continue
-        for entry in sorted(os.scandir(sub.path), key=lambda e: e.name):
-            if entry.name.endswith(".json") and not io.is_temp_file(Path(entry.name)):
-                yield entry.name[: -len(".json")]
+# --------------------------------------------------------------------------- reuse
 
 
 def _check_reusable(stage: Stage[Any], work: WorkItem, static: str, retry_failed: bool) -> dict[str, Any] | None:
     """Return the state record when ``work`` can be reused as is, else None. Updates stats in place
     (and on disk) when a file was touched but its content is unchanged."""
-    state = _load_state(stage, work.key)
+    state = load_state(stage, work.key)
     if state is None or state.get("static") != static:
         return None
     if state.get("status") == "failed" and retry_failed:
@@ -265,7 +134,7 @@ def _check_reusable(stage: Stage[Any], work: WorkItem, static: str, retry_failed
             digests[name] = fin.digest
             continue
         try:
-            size, mtime = _stat(fin.path)
+            size, mtime = stat(fin.path)
         except OSError:
             return None
         if rec.get("size") == size and rec.get("mtime_ns") == mtime:
@@ -284,96 +153,8 @@ def _check_reusable(stage: Stage[Any], work: WorkItem, static: str, retry_failed
         if not (root / rel).is_file():
             return None
     if touched:
-        _write_state(stage, work.key, state)
+        write_state(stage, work.key, state)
     return state
-
-
-# --------------------------------------------------------------------------- worker side
-
-_RESOURCE: dict[str, Any] = {}
-
-
-def _resource_for(stage: Stage[Any]) -> Any:
-    """The stage's per-worker resource, built once per (stage, params, code version) in this process."""
-    if stage.setup is None:
-        return None
-    key = f"{stage.name}:{stage.static_key()}"
-    if key not in _RESOURCE:
-        for old in [k for k in _RESOURCE if k.startswith(f"{stage.name}:")]:
-            del _RESOURCE[old]  # params changed: drop the old model before loading the new one
-        _RESOURCE[key] = stage.setup(stage.params)
-    return _RESOURCE[key]
-
-
-def _safe_rel(stage: Stage[Any], rel: str) -> str:
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"stage {stage.name} returned an output path outside its root: {rel!r}")
-    return p.as_posix()
-
-
-def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
-    """Worker-side: hash inputs, run ``process``, write outputs atomically, then the state record.
-
-    Exceptions in ``process`` become a failed outcome naming the item; a failing ``setup`` is fatal.
-    """
-    t0 = time.perf_counter()
-    static = stage.static_key()
-    inputs: dict[str, dict[str, Any]] = {}
-    digests: dict[str, str] = {}
-    error = ""
-    status = "ok"
-    files: dict[str, bytes] = {}
-    record: Mapping[str, Any] = {}
-    try:
-        for name, fin in sorted(work.inputs.items()):
-            size, mtime = _stat(fin.path)
-            digest = fin.digest or hash_file(fin.path)
-            digests[name] = digest
-            inputs[name] = {"path": str(fin.path), "size": size, "mtime_ns": mtime, "digest": digest}
-    except OSError as exc:
-        status, error = "failed", f"input missing or unreadable: {exc.filename or ''}: {exc.strerror or exc}"
-    fp = fingerprint(static, digests, work.data) if status == "ok" else ""
-    if status == "ok":
-        try:
-            resource = _resource_for(stage)
-        except Exception as exc:
-            return ItemOutcome(work.key, "failed", f"setup failed: {type(exc).__name__}: {exc}",
-                               time.perf_counter() - t0, True, fatal=True)
-        try:
-            # process sees every input's content digest (hashed once, here): FileInput.digest is always set
-            hashed = {n: FileInput(Path(f.path), digests[n]) for n, f in work.inputs.items()}
-            result = stage.process(replace(work, inputs=hashed), stage.params, resource)
-            files = {_safe_rel(stage, k): v for k, v in result.files.items()}
-            record = dict(result.record)
-        except Exception as exc:  # failures are data: recorded per item
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
-            files, record = {}, {}
-    old = _load_state(stage, work.key)
-    root = Path(stage.root)
-    for rel in sorted(files):
-        io.write_bytes(root / rel, files[rel])
-    if old:
-        for rel in old.get("outputs", []):
-            if rel not in files:
-                io.remove(root / rel)
-    seconds = time.perf_counter() - t0
-    _write_state(
-        stage,
-        work.key,
-        {
-            "key": work.key,
-            "static": static,
-            "fingerprint": fp,
-            "inputs": inputs,
-            "outputs": sorted(files),
-            "record": record,
-            "status": status,
-            "error": error,
-            "seconds": round(seconds, 6),
-        },
-    )
-    return ItemOutcome(work.key, status, error, seconds, True)
 
 
 # --------------------------------------------------------------------------- executors
@@ -397,21 +178,12 @@ _POOL_STAGE: list[Stage[Any]] = []
 
 
 def _pool_init(stage: Stage[Any], threads: int) -> None:
-    _limit_threads(threads)
+    limit_threads(threads)
     _POOL_STAGE[:] = [stage]
 
 
 def _pool_call(work: WorkItem) -> ItemOutcome:
     return execute_item(_POOL_STAGE[0], work)
-
-
-def _limit_threads(threads: int) -> None:
-    """Keep each worker from spawning a thread per core (N workers x N threads thrash)."""
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    # OpenCV's and (when the parent imported it) torch's thread counts are set by the parent just before
-    # forking (see LocalExecutor.run): changing them in a forked child whose parent already used those thread
-    # pools can deadlock. A child that imports torch itself reads OMP_NUM_THREADS set above.
 
 
 class LocalExecutor:
@@ -511,6 +283,7 @@ def run_stage(
     ``reports_dir/<stage>.json`` (counts; declared as DVC metrics) when ``reports_dir`` is given, then
     raises :class:`StageFailed` if too many items failed.
     """
+    stage = stage.with_code()
     static = stage.static_key()
     seen: set[str] = set()
     todo: list[WorkItem] = []
@@ -547,7 +320,7 @@ def run_stage(
     records: list[tuple[str, Mapping[str, Any]]] = []
     produced: set[str] = set()
     for key in sorted(seen):
-        state = _load_state(stage, key) or {}
+        state = load_state(stage, key) or {}
         produced.update(state.get("outputs", []))
         if outcomes[key].status == "ok":
             records.append((key, state.get("record", {})))
@@ -561,13 +334,13 @@ def run_stage(
 
 def _remove_stale(stage: Stage[Any], current: set[str]) -> None:
     root = Path(stage.root)
-    for key in list(_iter_state_keys(stage)):
+    for key in list(iter_state_keys(stage)):
         if key in current:
             continue
-        state = _load_state(stage, key) or {}
+        state = load_state(stage, key) or {}
         for rel in state.get("outputs", []):
             io.remove(root / rel)
-        io.remove(_state_path(stage, key))
+        io.remove(state_path(stage, key))
         log.info("%s: removed outputs of vanished item %s", stage.name, key)
 
 

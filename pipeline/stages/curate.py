@@ -42,7 +42,6 @@ from qa.phash import phash
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 
 SOURCE_CORRECTION = "correction"
 SOURCE_PREANNOTATION = "preannotation"
@@ -288,7 +287,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> Stage
     decisions = _decision_dicts(paths.decisions)
     works = build_works(items, paths, decisions)
     stage: Stage[CurateConfig] = Stage(
-        name="curate", version=VERSION, params=cfg, root=paths.curated, process=process, state_root=paths.state,
+        name="curate", params=cfg, root=paths.curated, process=process, state_root=paths.state,
         output_dirs=("masks",),
     )
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)

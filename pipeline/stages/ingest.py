@@ -30,7 +30,6 @@ from pipeline.core.runner import FileInput, ItemResult, Stage, StageResult, Work
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     runner = load_runner(params_path)
     files = list(scan(paths.raw, params))
     stage: Stage[IngestParams] = Stage(
-        name="ingest", version=VERSION, params=params, root=paths.ingest, process=process, state_root=paths.state
+        name="ingest", params=params, root=paths.ingest, process=process, state_root=paths.state
     )
     works = [
         WorkItem(key=file_key(f.rel), inputs={"file": FileInput(f.path)}, data={"rel": f.rel})
