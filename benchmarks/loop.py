@@ -1,18 +1,20 @@
-"""The correction loop on real photos (ECSSD dev, CPU): does training on human corrections cut the next
-round's correction effort?
+"""The correction loop on real photos (CPU): does a round of human corrections cut the next round's effort on
+photos it never saw?
 
-Round 0: every item is pre-annotated with ``grabcut`` (the weight-free default, via the pre-annotator
-registry). The ground-truth masks of a training subset act as the humans' corrections (pulled corrections +
-verified curated masks). Then the real stages run: export -> train -> promote. Round 1: the held-out items
-(never seen in training) are pre-annotated with the promoted ``trained`` model through the registry, with the
-``preannotate`` settings of params.yaml (``preannotate.trained.refine: grabcut`` by default: the model's
-probability, fused with GrabCut's border prior, seeds GrabCut; ``--refine none`` scores the raw model).
+Protocol (issue 18): ``ecssd-dev`` (200 photos) is the evaluation round, ``ecssd-train`` (600 photos) is the
+correction round. Round 0: every dev item is pre-annotated with ``grabcut`` (the weight-free default, via the
+pre-annotator registry). The ``ecssd-train`` ground-truth masks act as the humans' corrections (pulled
+corrections + verified curated masks); dev items stay unverified (never exported). Then the real stages run:
+export -> train -> promote. Round 1: the dev items are pre-annotated again by the promoted ``trained`` model
+through the registry, with the ``preannotate`` settings of params.yaml (``trained.refine: grabcut`` by
+default: the model's probability, fused with grabcut's, seeds GrabCut; ``--refine none`` scores the raw
+model). Nothing is chosen on ``ecssd-dev``: training settings and refinement defaults come from ecssd-train.
 
-Figures on the held-out items, round 0 vs round 1: mean IoU against ground truth (= IoU(pre-annotation,
-correction), since the ground truth is the correction), fraction accepted unchanged, mean pixels changed.
-Targets: round 1 beats round 0 on IoU and on pixels changed; whole run < 20 min.
+Figures on the 200 dev items, round 0 vs round 1: mean/median IoU against ground truth (= IoU(pre-annotation,
+correction)), fraction accepted unchanged, mean pixels changed, the worst items. Targets: round-1 mean IoU >=
+round 0 + 0.08, round-1 pixels changed <= 0.75 x round 0, whole run <= 25 min.
 
-    .venv/bin/python benchmarks/loop.py [--n-holdout 50] [--epochs 60] [--resolution 64] [--lr 3e-3]
+    .venv/bin/python benchmarks/loop.py [--n-train 600] [--n-dev 200] [--epochs E] [--resolution R] [--lr LR]
                                         [--refine grabcut|none] [--keep DIR]
 """
 
@@ -38,15 +40,12 @@ from benchmarks._common import REPO, finish, shared_data
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-holdout", type=int, default=50, help="held-out items (round 1 pre-annotates these)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="draw of the held-out items (the refinement defaults were chosen on seed 0's draw; "
-                         "other seeds check that they carry over to unseen items)")
-    ap.add_argument("--n-items", type=int, default=200, help="ECSSD photos used (sorted)")
-    ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--n-train", type=int, default=600, help="ecssd-train photos corrected in the round (sorted)")
+    ap.add_argument("--n-dev", type=int, default=200, help="ecssd-dev photos pre-annotated in rounds 0 and 1")
+    ap.add_argument("--epochs", type=int, default=None, help="default: train.epochs of params.yaml")
+    ap.add_argument("--resolution", type=int, default=None, help="default: train.resolution of params.yaml")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: train.batch_size of params.yaml")
+    ap.add_argument("--lr", type=float, default=None, help="default: train.lr of params.yaml")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     ap.add_argument("--refine", choices=("grabcut", "none"), default=None,
                     help="round-1 refinement (default: preannotate.trained.refine in params.yaml)")
@@ -55,7 +54,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("pipeline.core.runner").setLevel(logging.WARNING)
 
-    ecssd = shared_data() / "ecssd-dev"
+    dev_folder, train_folder = shared_data() / "ecssd-dev", shared_data() / "ecssd-train"
     t_start = time.perf_counter()
     root = args.keep or Path(tempfile.mkdtemp(prefix="maskloop-loop-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -64,9 +63,9 @@ def main() -> None:
     params["runner"] = {**params.get("runner", {}), "workers": 1, "progress": False}  # torch is loaded: no fork
     params["export"] = {**params.get("export", {}), "require_verified": True,
                         "splits": {"train": 0.85, "val": 0.15, "test": 0.0}}
-    params["train"] = {**params.get("train", {}), "resolution": args.resolution, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": 1, "device": "cpu",
-                       "threads": args.threads}
+    overrides = {"resolution": args.resolution, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    params["train"] = {**params.get("train", {}), **{k: v for k, v in overrides.items() if v is not None},
+                       "device": "cpu", "threads": args.threads}
     params.setdefault("preannotate", {})["model"] = "grabcut"
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params_path = Path("params.yaml")
@@ -81,18 +80,25 @@ def main() -> None:
     paths = load_paths(params_path)
     raw = Path(paths.raw)
     raw.mkdir(parents=True, exist_ok=True)
-    for src in sorted((ecssd / "images").glob("*.jpg"))[: args.n_items]:
-        shutil.copy(src, raw / src.name)
+    sources = {"dev": sorted((dev_folder / "images").glob("*.jpg"))[: args.n_dev],
+               "train": sorted((train_folder / "images").glob("*.jpg"))[: args.n_train]}
+    for group, files in sources.items():
+        for src in files:
+            shutil.copy(src, raw / f"{group}-{src.name}")
     ingest.run(params_path)
     manifest = io.read_parquet(paths.manifest)
     ok = manifest[manifest["status"] == "ok"].sort_values("item_id")
-    stem = {str(r.item_id): Path(str(r.source_path)).stem for r in ok.itertuples(index=False)}
+    name = {str(r.item_id): Path(str(r.source_path)).stem for r in ok.itertuples(index=False)}
     src_of = {str(r.item_id): Path(str(r.source_path)) for r in ok.itertuples(index=False)}
-    ids = sorted(stem)
-    rng = np.random.default_rng(args.seed)
-    holdout = sorted(rng.choice(ids, size=args.n_holdout, replace=False).tolist())
-    train_ids = sorted(set(ids) - set(holdout))
-    gt = {i: io.read_mask(ecssd / "masks" / f"{stem[i]}.png") for i in ids}
+    holdout = sorted(i for i in name if name[i].startswith("dev-"))
+    train_ids = sorted(i for i in name if name[i].startswith("train-"))
+    folder_of = {"dev": dev_folder, "train": train_folder}
+
+    def gt_mask(i: str) -> np.ndarray:
+        group, stem = name[i].split("-", 1)
+        return io.read_mask(folder_of[group] / "masks" / f"{stem}.png")  # type: ignore[no-any-return]
+
+    gt = {i: gt_mask(i) for i in holdout + train_ids}
 
     # ---- round 0: grabcut on every item (registry), recorded like the preannotate stage does.
     from pipeline.preannotators import build_preannotator
@@ -103,7 +109,7 @@ def main() -> None:
     grabcut = build_preannotator("grabcut", pparams, paths)
     rows0 = []
     round0: dict[str, np.ndarray] = {}
-    for i in ids:
+    for i in holdout:  # the correction round's own pre-annotations do not enter any figure
         res = grabcut.predict(io.read_image(src_of[i]), PredictContext(item_id=i))
         round0[i] = res.mask
         io.write_png(Path(paths.preannotate) / "masks" / f"{i}.png", res.mask)
@@ -166,16 +172,19 @@ def main() -> None:
         round1[i] = predict1(i)
     t_round1 = time.perf_counter() - t0
 
-    def figures(pred: dict[str, np.ndarray]) -> tuple[float, float, float, float]:
+    def figures(label: str, pred: dict[str, np.ndarray]) -> tuple[float, float, float, float, float]:
         eff = [correction_effort(pred[i], gt[i]) for i in holdout]
-        ious = [e.iou for e in eff]
+        ious = np.asarray([e.iou for e in eff])
+        worst = ", ".join(f"{name[holdout[k]]} {ious[k]:.2f}" for k in np.argsort(ious)[:5])
+        print(f"{label}: IoU < 0.3 on {np.mean(ious < 0.3):.1%}, empty {sum(not pred[i].any() for i in holdout)}, "
+              f"worst: {worst}")
         return (float(np.mean(ious)), float(np.median(ious)), float(np.mean([e.unchanged for e in eff])),
-                float(np.mean([e.pixels_changed for e in eff])))
+                float(np.mean([e.pixels_changed for e in eff])), float(np.mean(ious < 0.3)))
 
-    iou0, med0, acc0, px0 = figures(round0)
-    iou1, med1, acc1, px1 = figures(round1)
+    iou0, med0, acc0, px0, low0 = figures("round 0", round0)
+    iou1, med1, acc1, px1, low1 = figures("round 1", round1)
     total = time.perf_counter() - t_start
-    print(f"held-out items: {len(holdout)}; trained on {metrics['n_train']} (+{metrics['n_val']} val); "
+    print(f"dev items: {len(holdout)}; trained on {metrics['n_train']} (+{metrics['n_val']} val) ecssd-train items; "
           f"dataset {summary['version']}; promoted sha256 {promoted['checkpoint_sha256'][:12]}; round 1 via {via}")
     print(f"round 0 grabcut : IoU mean {iou0:.4f} median {med0:.4f}  accepted unchanged {acc0:.3f}  "
           f"pixels changed {px0:,.0f}")
@@ -183,19 +192,22 @@ def main() -> None:
           f"pixels changed {px1:,.0f}  (refine: {refine})")
     print(f"times: round0 {t_round0:.1f}s export {t_export:.1f}s train {t_train:.1f}s round1 {t_round1:.1f}s")
     failures = []
-    if not iou1 > iou0:
-        failures.append(f"round-1 IoU {iou1:.4f} does not beat round-0 IoU {iou0:.4f}")
-    if not px1 < px0:
-        failures.append(f"round-1 pixels changed {px1:.0f} not below round-0 {px0:.0f}")
-    if total > 20 * 60:
-        failures.append(f"loop took {total:.0f}s > 1200s")
+    if iou1 < iou0 + 0.08:
+        failures.append(f"round-1 mean IoU {iou1:.4f} is not round-0's {iou0:.4f} + 0.08")
+    if px1 > 0.75 * px0:
+        failures.append(f"round-1 pixels changed {px1:.0f} > 0.75 x round-0's {px0:.0f}")
+    if t_train > 20 * 60:
+        failures.append(f"training took {t_train:.0f}s > 1200s")
+    if total > 25 * 60:
+        failures.append(f"loop took {total:.0f}s > 1500s")
     if args.keep is None:
         os.chdir(REPO)
         shutil.rmtree(root, ignore_errors=True)
     finish(
         {
-            "holdout": len(holdout), "n_train": metrics["n_train"], "epochs": args.epochs,
-            "resolution": args.resolution, "iou_round0": iou0, "iou_round1": iou1,
+            "dev": len(holdout), "n_train": metrics["n_train"], "epochs": metrics["epochs"],
+            "resolution": params["train"]["resolution"], "iou_round0": iou0, "iou_round1": iou1,
+            "below03_round0": low0, "below03_round1": low1,
             "iou_median_round0": med0, "iou_median_round1": med1,
             "accepted_round0": acc0, "accepted_round1": acc1, "pixels_changed_round0": px0,
             "pixels_changed_round1": px1, "val_iou": metrics["val_iou"], "train_s": t_train, "total_s": total,

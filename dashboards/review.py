@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import data, render
+from dashboards.safe import html_text, md_text
 from dashboards.store import DecisionStore, StoreError
 from pipeline.core import io
 
@@ -87,10 +88,11 @@ def _plane(path: Path | None, shape: tuple[int, int]) -> np.ndarray | None:
     try:
         arr = io.read_gray(path)
     except (OSError, ValueError) as exc:
-        st.warning(f"{path}: cannot read ({exc})")
+        st.warning(f"{md_text(path)}: cannot read ({md_text(exc)})")
         return None
     if arr.shape != shape:
-        st.warning(f"{path.name}: {arr.shape[1]}x{arr.shape[0]}, image is {shape[1]}x{shape[0]}; shown rescaled")
+        st.warning(f"{md_text(path.name)}: {arr.shape[1]}x{arr.shape[0]}, image is {shape[1]}x{shape[0]}; "
+                   "shown rescaled")
         import cv2
 
         arr = cv2.resize(arr, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -219,18 +221,18 @@ def queue_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFra
                     st.image(thumb, width="stretch")
                 else:
                     st.caption("image unreadable")
-                st.markdown(f"<div class='ml-card-title'>{row.item_id}</div>", unsafe_allow_html=True)
+                st.markdown(f"<div class='ml-card-title'>{html_text(row.item_id)}</div>", unsafe_allow_html=True)
                 badges = []
                 if row.severity:
-                    badges.append(f":orange-badge[{row.severity}]")
-                badges += [f":violet-badge[{ch}]" for ch in row.checks[:3]]
+                    badges.append(f":orange-badge[{md_text(row.severity)}]")
+                badges += [f":violet-badge[{md_text(ch)}]" for ch in row.checks[:3]]
                 if len(row.checks) > 3:
                     badges.append(f":gray-badge[+{len(row.checks) - 3}]")
                 badges.append(f":{STATUS_COLOUR[row.decision]}-badge[{STATUS_LABEL[row.decision]}]")
                 st.markdown(" ".join(badges))
                 unc = "–" if np.isnan(row.uncertainty) else f"{row.uncertainty:.2f}"
-                st.caption(f"uncertainty {unc} · {row.model_version or 'no model'}"
-                           + (f" · {row.annotator}" if row.annotator else ""))
+                st.caption(f"uncertainty {unc} · {md_text(row.model_version or 'no model')}"
+                           + (f" · {md_text(row.annotator)}" if row.annotator else ""))
                 st.button("Open", key=f"open_{row.item_id}", on_click=_open_item, args=(row.item_id,),
                           width="stretch")
 
@@ -255,10 +257,11 @@ def _decide(project: data.Project, item_id: str, decision: str, digest: str, fix
         d = _store(project).record(item_id, decision, reviewer=reviewer, reason=reason, fix=fix,
                                    mask_digest=digest)
     except (ValueError, StoreError) as exc:
-        ss["flash"] = f"error:Decision NOT recorded: {exc}"
+        ss["flash"] = f"error:Decision NOT recorded: {md_text(exc)}"
         return
-    what = {"accept": "accepted", "reject": f"rejected ({reason})", "fix": f"fix {fix} applied"}[decision]
-    ss["flash"] = f"success:{item_id} {what} · decision #{d.decision_id}"
+    what = {"accept": "accepted", "reject": f"rejected ({md_text(reason)})", "fix": f"fix {md_text(fix)} applied"}[
+        decision]
+    ss["flash"] = f"success:{md_text(item_id)} {what} · decision #{d.decision_id}"
     ss["reject_reason"] = ""
     ss["reject_preset"] = ""
     if next_id and ss.get("auto_advance", True):
@@ -274,8 +277,9 @@ def _flash() -> None:
 
 
 def _kv(pairs: list[tuple[str, str]]) -> None:
-    st.markdown("<div class='ml-kv'>" + "<br>".join(f"<b>{k}</b> {v}" for k, v in pairs) + "</div>",
-                unsafe_allow_html=True)
+    """Label/value lines; both are escaped (values come from people and files)."""
+    st.markdown("<div class='ml-kv'>" + "<br>".join(f"<b>{html_text(k)}</b> {html_text(v)}" for k, v in pairs)
+                + "</div>", unsafe_allow_html=True)
 
 
 def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFrame) -> None:
@@ -298,21 +302,21 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
     next_id = ids[pos + 1] if 0 <= pos < len(ids) - 1 else ""
 
     head = st.columns([6, 1, 1, 1], vertical_alignment="center")
-    head[0].markdown(f"## Item `{item_id}`")
+    head[0].markdown(f"## Item {md_text(item_id)}")
     head[1].button("◀ Prev", key="item_prev", shortcut="k", disabled=not prev_id, on_click=_open_item,
                    args=(prev_id,), width="stretch")
     head[2].button("Next ▶", key="item_next", shortcut="j", disabled=not next_id, on_click=_open_item,
                    args=(next_id,), width="stretch")
     head[3].button("Queue", key="to_queue", shortcut="q", on_click=_go, args=("Queue",), width="stretch")
     where = f"{pos + 1} of {len(ids)} in the filtered queue" if pos >= 0 else "not in the filtered queue"
-    st.caption(f"{where} · {row['width']}×{row['height']} px · {Path(row['image_path']).name}")
+    st.caption(f"{where} · {row['width']}×{row['height']} px · {md_text(Path(row['image_path']).name)}")
     _flash()
 
     files = data.item_files(project, item_id, row["image_path"])
     try:
         image = _rgb(files.image)
     except (OSError, ValueError) as exc:
-        st.error(f"Cannot read the image of {item_id}: {exc}")
+        st.error(f"Cannot read the image of {md_text(item_id)}: {md_text(exc)}")
         return
     shape = image.shape[:2]
     view = render.fit_box(image, VIEW_W, VIEW_H)
@@ -377,7 +381,7 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
                     comp = render.fit_box(_rgb(files.composite), VIEW_W, VIEW_H // 2)
                     st.image(comp, caption=f"synthetic composite ({files.composite.name})")
                 except (OSError, ValueError) as exc:
-                    st.warning(f"{files.composite}: cannot read ({exc})")
+                    st.warning(f"{md_text(files.composite)}: cannot read ({md_text(exc)})")
     with right:
         st.markdown("#### QA findings")
         f = data.findings(project, item_id)
@@ -401,7 +405,7 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
             ("status", STATUS_LABEL[row["decision"]] + (f" by {row['reviewer']}" if row["reviewer"] else "")),
         ])
         if row["reason"]:
-            st.info(f"Queued because: {row['reason']}")
+            st.info(f"Queued because: {md_text(row['reason'])}")
         st.markdown("#### Decision")
         digest = data.file_digest(files.reviewed_mask)
         suggested = str(row["suggested_fix"] or "")
@@ -414,7 +418,7 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
                                format_func=lambda k: f"{k} (suggested)" if k == suggested else k) or ""
         unknown = bool(fix) and bool(known) and fix not in known
         if unknown:
-            st.warning(f"QA suggests fix {fix!r}, which qa.fixes does not know; choose another or reject.")
+            st.warning(f"QA suggests fix {md_text(repr(fix))}, which qa.fixes does not know; choose another or reject.")
         b = st.columns(2)
         b[0].button("Accept", key="accept", type="primary", shortcut="a", width="stretch", icon=":material/check:",
                     on_click=_decide, args=(project, item_id, "accept", digest, "", next_id))
@@ -487,10 +491,10 @@ def overview_page(project: data.Project, queue_all: pd.DataFrame) -> None:
     try:
         diff = data.metrics_diff(data.metrics_at(project, str(old)), data.metrics_at(project, str(new)))
     except Exception as exc:  # git problems must not take the page down
-        st.warning(f"Cannot read metrics: {exc}")
+        st.warning(f"Cannot read metrics: {md_text(exc)}")
         return
     if diff.empty:
-        st.caption(f"No metrics JSON under `{project.paths.metrics}` at either revision.")
+        st.caption(f"No metrics JSON under {md_text(project.paths.metrics)} at either revision.")
     else:
         st.dataframe(diff, hide_index=True, width="stretch",
                      column_config={"change": st.column_config.NumberColumn(format="%+.4g")})
@@ -507,7 +511,7 @@ def main() -> None:
         project = _project()
         queue_all = data.load_queue(project, include_all=bool(st.session_state.get("f_all", False)))
     except Exception as exc:  # one clear sentence instead of a traceback page
-        st.error(f"Cannot load the project: {exc}")
+        st.error(f"Cannot load the project: {md_text(exc)}")
         st.stop()
         return
     sidebar(queue_all)

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.errors import UserError
+from pipeline.core.errors import UserError, user_message
 from pipeline.core.params import DEFAULT_PARAMS, ParamsError
 
 log = logging.getLogger("pipeline")
@@ -31,8 +31,8 @@ class _App(typer.Typer):
 
         try:
             return super().__call__(*args, **kwargs)
-        except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        except (UserError, ParamsError, StageFailed, SetupFailed, OSError) as exc:
+            typer.secho(f"error: {user_message(exc)}", fg=typer.colors.RED, err=True)
             sys.exit(1)
 
 
@@ -76,6 +76,8 @@ COMMANDS: dict[str, str] = {
     "sam-prompt": "pipeline.commands.sam_prompt",
     "evaluate-matting": "pipeline.commands.evaluate_matting",
     "promote": "pipeline.commands.promote",
+    "models": "pipeline.commands.models",
+    "assist": "pipeline.commands.assist",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -105,8 +107,8 @@ def run_guarded(fn: object, *args: object, **kwargs: object) -> object:
 
     try:
         return fn(*args, **kwargs)  # type: ignore[operator]
-    except (UserError, ParamsError, StageFailed, SetupFailed, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    except (UserError, ParamsError, StageFailed, SetupFailed, OSError) as exc:
+        typer.secho(f"error: {user_message(exc)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
 
 

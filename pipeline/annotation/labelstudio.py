@@ -26,12 +26,13 @@ import mimetypes
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
+from pipeline.annotation.labelstudio_ml import AssistParams
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -72,6 +73,7 @@ class LabelStudioParams:
     page_size: int = 500
     alpha_threshold: int = 128
     archive_removed: bool = False
+    assist: AssistParams = field(default_factory=AssistParams)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -87,6 +89,8 @@ class LabelStudioParams:
             raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
         if not 1 <= self.alpha_threshold <= 255:
             raise ValueError(f"alpha_threshold must be in 1..255, got {self.alpha_threshold}")
+        if self.assist.label == self.label:
+            raise ValueError(f"assist.label must differ from label {self.label!r} (pull would count smart boxes)")
 
 
 def label_config(params: LabelStudioParams) -> str:
@@ -100,6 +104,10 @@ def label_config(params: LabelStudioParams) -> str:
     if "rectangle" in params.tools:
         tools.append(f'  <RectangleLabels name="rectangle" toName="{TO_NAME}">\n    <Label value={label}/>\n'
                      "  </RectangleLabels>")
+    if params.assist.enabled:
+        from pipeline.annotation.labelstudio_ml import assist_tools
+
+        tools.extend(assist_tools(params.assist, TO_NAME))
     return ("<View>\n  <Header value=\"$review_note\"/>\n"
             f'  <Image name="{TO_NAME}" value="$image" zoom="true"/>\n' + "\n".join(tools) + "\n</View>")
 
@@ -237,6 +245,10 @@ class LabelStudioBackend:
             log.info("created Label Studio project %r (id %s)", self.params.project_title, project["id"])
         elif project.get("label_config", "").strip() != config.strip():
             project = self.client.request("PATCH", f"/api/projects/{project['id']}", json={"label_config": config})
+        if self.params.assist.enabled:
+            from pipeline.annotation.labelstudio_ml import connect_backend
+
+            connect_backend(self.client, int(project["id"]), self.params.assist)
         return dict(project)
 
     def tasks(self, project_id: int, fields: str = "all") -> list[dict[str, Any]]:

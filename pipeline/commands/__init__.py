@@ -1,0 +1,1 @@
+"""CLI-only commands (not DVC stages)."""

@@ -1,0 +1,1 @@
+"""Core pieces every stage and command shares."""

@@ -54,11 +54,15 @@ TMP_MARKER = ".tmp-"
 
 
 class ImageError(ValueError):
-    """An input file cannot be used as an image/mask; ``str()`` names the file and the problem."""
+    """An input file cannot be used as an image/mask; ``str()`` names the file and the problem.
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    ``code`` is a short machine-readable reason (``empty``, ``unreadable``, ``not_an_image``, ``corrupt``,
+    ``too_large``, ``too_small``, ``bad_content``): ingest counts quarantined files by it."""
+
+    def __init__(self, path: Path | str, reason: str, code: str = "bad_content") -> None:
         self.path = str(path)
         self.reason = reason
+        self.code = code
         super().__init__(f"{path}: {reason}")
 
 
@@ -90,38 +94,46 @@ def _open(path: Path) -> Iterator[Image.Image]:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}", "unreadable") from exc
     if size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
+        raise ImageError(path, "empty file (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except UnidentifiedImageError as exc:
-        raise ImageError(path, "not an image file Pillow can identify (wrong extension or corrupt header)") from exc
+        raise ImageError(path, "not an image file Pillow can identify (wrong extension or corrupt header)",
+                         "not_an_image") from exc
     except OSError as exc:
-        raise ImageError(path, f"cannot open image: {exc}") from exc
+        raise ImageError(path, f"cannot open image: {exc}", "corrupt") from exc
     try:
         yield img
     finally:
         img.close()
 
 
-def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> ImageInfo:
     """Read only the header of ``path``: size (after orientation), orientation tag, mode, format."""
     with _open(path) as img:
-        return _info(path, img, max_pixels)
+        return _info(path, img, max_pixels, min_side)
 
 
-def _info(path: Path, img: Image.Image, max_pixels: int) -> ImageInfo:
+def _info(path: Path, img: Image.Image, max_pixels: int, min_side: int = 1, orientation: int | None = None) -> ImageInfo:
+    """Header facts of ``img``; ``orientation`` given skips reading EXIF (for a PNG whose eXIf chunk may follow
+    the image data, Pillow's ``getexif`` decodes the whole image to find it)."""
     w, h = img.size
     if w <= 0 or h <= 0:
-        raise ImageError(path, f"invalid image size {w}x{h}")
+        raise ImageError(path, f"invalid image size {w}x{h}", "corrupt")
     if w * h > max_pixels:
         raise ImageError(
-            path, f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} (ingest.max_pixels)"
+            path, f"image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,} (ingest.max_pixels)",
+            "too_large",
         )
-    orientation = _orientation(img)
+    if min(w, h) < min_side:
+        raise ImageError(path, f"image is {w}x{h}, below the minimum side of {min_side} px (ingest.min_side)",
+                         "too_small")
+    if orientation is None:
+        orientation = _orientation(img)
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return ImageInfo(width=w, height=h, orientation=orientation, mode=img.mode, format=img.format or "")
@@ -139,7 +151,8 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
             upright = ImageOps.exif_transpose(img) if info.orientation != 1 else img
             arr = np.asarray(_to_rgb(upright), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageError(path, f"cannot decode image data ({exc}); the file is probably truncated or corrupt") from exc
+            raise ImageError(path, f"cannot decode image data ({exc}); the file is probably truncated or corrupt",
+                             "corrupt") from exc
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageError(path, f"decoded to unexpected shape {arr.shape}")
     return np.ascontiguousarray(arr), info
@@ -148,6 +161,10 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nda
 def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Upright RGB uint8 ``(H, W, 3)`` pixels of ``path`` (see the module policy)."""
     return load_image(path, max_pixels)[0]
+
+
+# round(v / 257) for every 16-bit value: one byte a pixel instead of a float64 copy
+_U16_TO_U8 = np.rint(np.arange(65536, dtype=np.float64) / 257.0).astype(np.uint8)
 
 
 def _over_white(img: Image.Image) -> Image.Image:
@@ -161,12 +178,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img).astype(np.float64)
+        # no full-size float64 copy (8 bytes a pixel): 16-bit values go through a lookup table
+        arr = np.asarray(img)
         if mode == "F":
-            arr = np.clip(arr, 0.0, 1.0) * 255.0 if arr.max(initial=0) <= 1.0 else arr / 257.0
+            scale = np.float32(255.0 if arr.max(initial=0) <= 1.0 else 1.0 / 257.0)
+            ceiling = np.float32(1.0 if scale == 255.0 else 65535.0)
+            grey = np.rint(np.clip(arr, 0, ceiling) * scale).astype(np.uint8)
         else:
-            arr = arr / 257.0
-        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+            if arr.dtype != np.uint16:
+                arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            grey = _U16_TO_U8[arr]
         return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         return _over_white(img)
@@ -209,7 +230,7 @@ def read_gray(path: Path) -> np.ndarray:
     """
     arr = _decode_single(path)
     if arr.dtype == np.uint16:
-        arr = np.rint(arr.astype(np.float64) / 257.0).astype(np.uint8)
+        arr = _U16_TO_U8[arr]
     elif arr.dtype != np.uint8:
         raise ImageError(path, f"unsupported sample type {arr.dtype}")
     return arr
@@ -298,19 +319,50 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent)
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status`` on Linux; elsewhere set-and-restore)."""
     try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (``0o666`` minus the umask), not the
+    ``0o600`` of the temporary file: teams share data folders."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
+    except BaseException as exc:
+        with suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same OS error, naming the destination ``path`` (ENOSPC from ``write`` names no file at all, and a
+    failing ``mkstemp`` names its random temporary file)."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
 
 
 def write_text(path: Path, text: str) -> None:

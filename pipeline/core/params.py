@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -36,6 +39,115 @@ class ParamsError(ValueError):
 _YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML was built with it
 _parsed: dict[tuple[str, int, int], dict[str, Any]] = {}
 
+# Top-level sections of params.yaml. Any other name is refused (``trimapp:`` must not be silently ignored): a
+# module that adds a section adds its name here (tests/harden/test_params_checks.py checks the repo's file).
+KNOWN_SECTIONS: frozenset[str] = frozenset({
+    "paths", "runner", "ingest", "preannotate", "annotation", "curate", "qa", "trimap", "matte", "composite",
+    "export", "train", "evaluate", "review", "refine", "assist", "models", "http", "benchmarks",
+})
+
+# The largest value any size-like setting (a key ending in _px, _side, _size, or named resolution) may take:
+# larger values are typos (a 100,000 px side is a 10 GP image), refused before any work starts.
+MAX_SIZE_SETTING = 65_536
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Allowed range of a numeric setting; ``None`` = unbounded on that side, ``strict`` = open interval."""
+
+    low: float | None = None
+    high: float | None = None
+    strict_low: bool = False
+
+    def check(self, value: float) -> str:
+        """An explanation when ``value`` is outside the range, else ""."""
+        if self.low is not None and (value <= self.low if self.strict_low else value < self.low):
+            return f"must be {'>' if self.strict_low else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return ""
+
+
+# Ranges of settings whose out-of-range values otherwise surface late and cryptically (a NaN or negative
+# epsilon as "Factor is exactly singular"); keyed by ``section.key`` (tuple items share their key's bound).
+BOUNDS: dict[str, Bound] = {
+    "matte.epsilon": Bound(0.0, 1.0, strict_low=True),
+    "matte.foreground_regularization": Bound(0.0, 1.0),
+    "matte.rtol": Bound(0.0, 1.0, strict_low=True),
+    "trimap.texture.threshold": Bound(0.0, 1.0),
+    "train.lr": Bound(0.0, 10.0, strict_low=True),
+    "train.weight_decay": Bound(0.0, 1.0),
+    "composite.procedural_size": Bound(1, 16_384),
+    "composite.scale_range": Bound(0.0, 10.0, strict_low=True),
+    "ingest.max_pixels": Bound(1, 1_000_000_000),
+    "ingest.min_side": Bound(1, MAX_SIZE_SETTING),
+}
+
+
+def check_value(key: str, value: Any) -> str:
+    """Why the numeric setting ``key`` (``section.key``, tuple indices allowed) cannot be ``value``, or ""."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    if not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    base = re.sub(r"\[\d+\]", "", key)
+    bound = BOUNDS.get(base)
+    if bound is not None:
+        why = bound.check(value)
+        if why:
+            return f"{value!r} is out of range: {why}"
+    name = base.rsplit(".", 1)[-1]
+    if (isinstance(value, int) and (name.endswith(("_px", "_side", "_size")) or name == "resolution")
+            and value > MAX_SIZE_SETTING):
+        return f"{value!r} is absurdly large for a size (at most {MAX_SIZE_SETTING:,})"
+    return ""
+
+
+def _split_where(where: str) -> tuple[str, str]:
+    """``"params.yaml:matte.epsilon"`` -> ``("params.yaml", "matte.epsilon")``."""
+    file, sep, key = where.rpartition(":")
+    return (file, key) if sep else ("", where)
+
+
+def _check_duplicates(node: Any, path: Path, keys: tuple[str, ...] = ()) -> None:
+    """Refuse a mapping that repeats a key (YAML would keep only the last one, silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dotted = ".".join((*keys, key))
+                raise ParamsError(f"{path}:{dotted}: duplicate key (lines {seen[key]} and {line}); YAML would "
+                                  f"silently keep only the last one, so delete one of them")
+            seen[key] = line
+            _check_duplicates(value_node, path, (*keys, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicates(item, path, (*keys[:-1], f"{keys[-1]}[{i}]") if keys else (f"[{i}]",))
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """Parse ``text`` once (libyaml when available), refusing duplicate keys before building Python objects."""
+    loader = _YAML_LOADER(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def check_sections(data: dict[str, Any], path: Path) -> None:
+    """Refuse unknown top-level sections, naming the closest known one."""
+    for name in sorted(str(k) for k in data):
+        if name not in KNOWN_SECTIONS:
+            close = difflib.get_close_matches(name, sorted(KNOWN_SECTIONS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known sections: {', '.join(sorted(KNOWN_SECTIONS))}"
+            raise ParamsError(f"{path}:{name}: unknown section; {hint}")
+
 
 def read_params_file(path: Path) -> dict[str, Any]:
     """Read a params YAML file into a dict; a clear :class:`ParamsError` when it cannot.
@@ -48,7 +160,7 @@ def read_params_file(path: Path) -> dict[str, Any]:
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _parsed:
         try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+            data = _load_yaml(path.read_text(encoding="utf-8"), path)
         except yaml.YAMLError as exc:
             raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
         if data is None:
@@ -65,6 +177,7 @@ def load_section(path: Path, section: str, cls: type[T]) -> T:
     A missing section means "all defaults". Unknown keys are errors (typos must not pass silently).
     """
     data = read_params_file(path)
+    check_sections(data, path)
     raw = data.get(section, {})
     if raw is None:
         raw = {}
@@ -85,10 +198,20 @@ def from_mapping(cls: type[T], raw: Any, where: str) -> T:
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+        _check_bounds(kwargs[name], f"{where}.{name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ParamsError(f"{where}: {exc}") from exc
+
+
+def _check_bounds(value: Any, where: str) -> None:
+    items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+    for i, v in items:
+        at = where if i is None else f"{where}[{i}]"
+        why = check_value(_split_where(at)[1], v)
+        if why:
+            raise ParamsError(f"{at}: {why}")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

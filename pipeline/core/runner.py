@@ -9,10 +9,11 @@ an output it recorded is missing. Everything else is reused.
 
 Guarantees:
 
-- **Atomic, resumable.** Each output file is written to a temporary file and renamed; the item's
-  state record (fingerprint, outputs, table record) is written last, also atomically. A run killed at
-  any moment (SIGKILL included) leaves no half-written output and the next run resumes, recomputing
-  only items without a valid state.
+- **Atomic, resumable.** Each output file is written to a temporary file and renamed by the worker; the
+  item's state record (fingerprint, outputs, table record) travels back in its outcome and the driver
+  commits it last (:mod:`pipeline.core.state_store`: one SQLite database per stage, one transaction per item).
+  A run killed at any moment (SIGKILL included) leaves no half-written output and the next run resumes,
+  recomputing only items without a committed state.
 - **Failures are data.** An exception in ``process`` marks that item failed with ``"Type: message"``
   in the report; other items go on. The stage raises :class:`StageFailed` only when the failed fraction
   exceeds ``runner.max_failure_fraction`` (after writing its report).
@@ -21,8 +22,8 @@ Guarantees:
 - **Clean.** Outputs of items that disappeared are deleted; files in the stage's declared output folders
   that no current item produced (old leftovers, temporary files of a killed run) are swept.
 
-State lives outside DVC-tracked outputs (``paths.state/<stage>/``), like DVC's own cache: it holds
-file stats (so unchanged inputs are not re-hashed) and timings, which must not leak into outputs.
+State lives outside DVC-tracked outputs (``paths.state/<stage>/items.sqlite``), like DVC's own cache: it
+holds file stats (so unchanged inputs are not re-hashed) and timings, which must not leak into outputs.
 
 Executors: ``inline`` (in-process; used for one worker), ``local`` (a process pool) and ``ray``
 (:mod:`pipeline.core.executors.ray`). All run the same :func:`execute_item` on the worker side.
@@ -41,6 +42,7 @@ from typing import Any, Protocol
 
 from pipeline.core import io
 from pipeline.core.params import RunnerParams
+from pipeline.core.state_store import StateStore
 from pipeline.core.work import (
     FileInput,
     ItemOutcome,
@@ -52,12 +54,8 @@ from pipeline.core.work import (
     execute_item,
     fingerprint,
     hash_file,
-    iter_state_keys,
     limit_threads,
-    load_state,
     stat,
-    state_path,
-    write_state,
 )
 
 __all__ = [  # the stage-facing names, importable from here as before the split into pipeline.core.work
@@ -115,17 +113,18 @@ class StageResult:
 # --------------------------------------------------------------------------- reuse
 
 
-def _check_reusable(stage: Stage[Any], work: WorkItem, static: str, retry_failed: bool) -> dict[str, Any] | None:
-    """Return the state record when ``work`` can be reused as is, else None. Updates stats in place
-    (and on disk) when a file was touched but its content is unchanged."""
-    state = load_state(stage, work.key)
+def _check_reusable(
+    stage: Stage[Any], work: WorkItem, static: str, retry_failed: bool, state: dict[str, Any] | None, store: StateStore
+) -> bool:
+    """True when ``work`` can be reused as is given its stored ``state``. Updates stats in place (and in
+    ``store``) when a file was touched but its content is unchanged."""
     if state is None or state.get("static") != static:
-        return None
+        return False
     if state.get("status") == "failed" and retry_failed:
-        return None
+        return False
     recorded: dict[str, Any] = state.get("inputs", {})
     if set(recorded) != set(work.inputs):
-        return None
+        return False
     touched = False
     digests: dict[str, str] = {}
     for name, fin in work.inputs.items():
@@ -136,25 +135,25 @@ def _check_reusable(stage: Stage[Any], work: WorkItem, static: str, retry_failed
         try:
             size, mtime = stat(fin.path)
         except OSError:
-            return None
+            return False
         if rec.get("size") == size and rec.get("mtime_ns") == mtime:
             digests[name] = rec["digest"]
         else:
             try:
                 digests[name] = hash_file(fin.path)
             except OSError:
-                return None
+                return False
             rec.update(size=size, mtime_ns=mtime, digest=digests[name])
             touched = True
     if fingerprint(static, digests, work.data) != state.get("fingerprint"):
-        return None
+        return False
     root = Path(stage.root)
     for rel in state.get("outputs", []):
         if not (root / rel).is_file():
-            return None
+            return False
     if touched:
-        write_state(stage, work.key, state)
-    return state
+        store.put(work.key, state)
+    return True
 
 
 # --------------------------------------------------------------------------- executors
@@ -284,21 +283,41 @@ def run_stage(
     raises :class:`StageFailed` if too many items failed.
     """
     stage = stage.with_code()
+    with StateStore(stage.state_dir) as store:
+        result = _run_with_store(stage, works, runner, store, retry_failed, executor)
+    if reports_dir is not None:
+        write_report(result, Path(reports_dir))
+    _check_failures(result, runner)
+    return result
+
+
+def _run_with_store(
+    stage: Stage[Any],
+    works: Iterable[WorkItem],
+    runner: RunnerParams,
+    store: StateStore,
+    retry_failed: bool,
+    executor: Executor | None,
+) -> StageResult:
     static = stage.static_key()
     seen: set[str] = set()
     todo: list[WorkItem] = []
+    old_outputs: dict[str, list[str]] = {}
     outcomes: dict[str, ItemOutcome] = {}
     for work in works:
         if work.key in seen:
             raise ValueError(f"stage {stage.name}: duplicate work item key {work.key!r}")
         seen.add(work.key)
-        state = _check_reusable(stage, work, static, retry_failed)
-        if state is None:
-            todo.append(work)
-        else:
+        state = store.get(work.key)
+        if state is not None and _check_reusable(stage, work, static, retry_failed, state, store):
             outcomes[work.key] = ItemOutcome(
                 work.key, state["status"], state.get("error", ""), float(state.get("seconds", 0.0)), False
             )
+        else:
+            todo.append(work)
+            if state is not None:
+                old_outputs[work.key] = list(state.get("outputs", []))
+    store.commit()
     n_reused = len(outcomes)
     log.info("%s: %d items, %d up to date, %d to compute", stage.name, len(seen), n_reused, len(todo))
 
@@ -312,36 +331,49 @@ def run_stage(
                 if outcome.fatal:
                     raise SetupFailed(f"stage {stage.name}: {outcome.error}")
                 outcomes[outcome.key] = outcome
+                _store_outcome(stage, store, outcome, old_outputs.get(outcome.key, ()))
                 progress.advance(outcome)
         finally:
             progress.close()
 
-    _remove_stale(stage, seen)
+    _remove_stale(stage, store, seen)
     records: list[tuple[str, Mapping[str, Any]]] = []
     produced: set[str] = set()
-    for key in sorted(seen):
-        state = load_state(stage, key) or {}
+    for key, state in store.items():
+        if key not in seen:
+            continue
         produced.update(state.get("outputs", []))
         if outcomes[key].status == "ok":
             records.append((key, state.get("record", {})))
     _sweep(stage, produced)
-    result = StageResult(stage.name, tuple(records), tuple(outcomes[k] for k in sorted(seen)))
-    if reports_dir is not None:
-        write_report(result, Path(reports_dir))
-    _check_failures(result, runner)
-    return result
+    return StageResult(stage.name, tuple(records), tuple(outcomes[k] for k in sorted(seen)))
 
 
-def _remove_stale(stage: Stage[Any], current: set[str]) -> None:
+def _store_outcome(stage: Stage[Any], store: StateStore, outcome: ItemOutcome, old_outputs: Iterable[str]) -> None:
+    """Driver side, as each outcome arrives: remove outputs the item no longer produces, then commit its state
+    (the last step: a run killed before it recomputes the item)."""
+    if outcome.state is None:
+        return
+    new = set(outcome.state.get("outputs", []))
     root = Path(stage.root)
-    for key in list(iter_state_keys(stage)):
+    for rel in old_outputs:
+        if rel not in new:
+            io.remove(root / rel)
+    store.put(outcome.key, outcome.state)
+    store.commit()
+
+
+def _remove_stale(stage: Stage[Any], store: StateStore, current: set[str]) -> None:
+    root = Path(stage.root)
+    for key in store.all_keys():
         if key in current:
             continue
-        state = load_state(stage, key) or {}
+        state = store.get(key) or {}
         for rel in state.get("outputs", []):
             io.remove(root / rel)
-        io.remove(state_path(stage, key))
+        store.delete(key)
         log.info("%s: removed outputs of vanished item %s", stage.name, key)
+    store.commit()
 
 
 def _sweep(stage: Stage[Any], produced: set[str]) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -131,9 +131,10 @@ class ItemOutcome:
     seconds: float
     computed: bool
     fatal: bool = False
+    state: Mapping[str, Any] | None = None  # the record the driver stores (None: store nothing)
 
 
-# --------------------------------------------------------------------------- hashing / state
+# --------------------------------------------------------------------------- hashing
 
 
 hash_file = sha256_file
@@ -153,37 +154,6 @@ def fingerprint(static_key: str, digests: Mapping[str, str], data: Mapping[str, 
         default=str,
     )
     return sha256_text(blob)
-
-
-def state_path(stage: Stage[Any], key: str) -> Path:
-    return stage.state_dir / key[:2] / f"{key}.json"
-
-
-def load_state(stage: Stage[Any], key: str) -> dict[str, Any] | None:
-    path = state_path(stage, key)
-    try:
-        return json.loads(path.read_bytes())  # type: ignore[no-any-return]
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        log.warning("%s: unreadable state record %s; the item will be recomputed", stage.name, path)
-        return None
-
-
-def write_state(stage: Stage[Any], key: str, state: Mapping[str, Any]) -> None:
-    io.write_bytes(state_path(stage, key), json.dumps(state, sort_keys=True).encode())
-
-
-def iter_state_keys(stage: Stage[Any]) -> Iterator[str]:
-    root = stage.state_dir
-    if not root.is_dir():
-        return
-    for sub in sorted(os.scandir(root), key=lambda e: e.name):
-        if not sub.is_dir():
-            continue
-        for entry in sorted(os.scandir(sub.path), key=lambda e: e.name):
-            if entry.name.endswith(".json") and not io.is_temp_file(Path(entry.name)):
-                yield entry.name[: -len(".json")]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -211,7 +181,8 @@ def _safe_rel(stage: Stage[Any], rel: str) -> str:
 
 
 def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
-    """Worker-side: hash inputs, run ``process``, write outputs atomically, then the state record.
+    """Worker-side: hash inputs, run ``process``, write outputs atomically; the item's state record goes back
+    in the outcome (the driver removes outputs the item no longer produces and stores the record).
 
     Exceptions in ``process`` become a failed outcome naming the item; a failing ``setup`` is fatal.
     """
@@ -247,32 +218,22 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
         except Exception as exc:  # failures are data: recorded per item
             status, error = "failed", f"{type(exc).__name__}: {exc}"
             files, record = {}, {}
-    old = load_state(stage, work.key)
     root = Path(stage.root)
     for rel in sorted(files):
         io.write_bytes(root / rel, files[rel])
-    if old:
-        for rel in old.get("outputs", []):
-            if rel not in files:
-                io.remove(root / rel)
     seconds = time.perf_counter() - t0
-    write_state(
-        stage,
-        work.key,
-        {
-            "key": work.key,
-            "static": static,
-            "fingerprint": fp,
-            "inputs": inputs,
-            "outputs": sorted(files),
-            "record": record,
-            "status": status,
-            "error": error,
-            "seconds": round(seconds, 6),
-        },
-    )
-    return ItemOutcome(work.key, status, error, seconds, True)
-
+    state = {
+        "key": work.key,
+        "static": static,
+        "fingerprint": fp,
+        "inputs": inputs,
+        "outputs": sorted(files),
+        "record": record,
+        "status": status,
+        "error": error,
+        "seconds": round(seconds, 6),
+    }
+    return ItemOutcome(work.key, status, error, seconds, True, state=state)
 
 
 def limit_threads(threads: int) -> None:

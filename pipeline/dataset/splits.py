@@ -20,6 +20,7 @@ near-duplicate clusters are available from curation.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,47 @@ class SplitItem:
     def __post_init__(self) -> None:
         if not 0.0 <= self.fg_fraction <= 1.0 or self.fg_fraction != self.fg_fraction:
             raise ValueError(f"item {self.item_id}: fg_fraction must be in [0, 1], got {self.fg_fraction}")
+
+
+_BRUTE_FORCE_ABOVE = 15  # bits: from here on the bands of near_duplicate_pairs are too short to prune anything
+_BLOCK = 1024
+
+
+def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """Index pairs ``(a, b)``, ``a < b``, of 64-bit hashes (``uint64`` array) within ``max_distance`` bits, sorted.
+
+    Pigeonhole banding: the 64 bits are cut into ``max_distance + 1`` bands; two hashes that differ in at most
+    ``max_distance`` bits agree exactly on at least one band, so only hashes sharing a band value are compared.
+    That is O(N · bucket size) instead of O(N²) (~5·10⁹ comparisons at 100k items, 5·10¹¹ at 1M) and returns
+    exactly the pairs the all-pairs comparison finds. Distances above 15 bits fall back to all pairs.
+    """
+    n = len(hashes)
+    pairs: set[tuple[int, int]] = set()
+    if n < 2 or max_distance < 0:
+        return []
+    if max_distance >= _BRUTE_FORCE_ABOVE:
+        groups: list[np.ndarray] = [np.arange(n)]
+    else:
+        groups = []
+        n_bands = max_distance + 1
+        edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
+        for lo, hi in itertools.pairwise(edges):
+            band = (hashes >> np.uint64(lo)) & np.uint64((1 << int(hi - lo)) - 1)
+            order = np.argsort(band, kind="stable")
+            starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
+            sizes = np.diff(np.r_[starts, n])
+            groups.extend(order[s : s + k] for s, k in zip(starts, sizes, strict=True) if k > 1)
+    for idx in groups:
+        idx = np.sort(idx)
+        vals = hashes[idx]
+        for start in range(0, len(idx), _BLOCK):  # blocks of rows against the rest: bounded memory
+            rows = vals[start : start + _BLOCK]
+            dist = np.bitwise_count(np.bitwise_xor(rows[:, None], vals[None, :]))
+            ra, rb = np.nonzero(dist <= max_distance)
+            ra = ra + start
+            keep = ra < rb
+            pairs.update(zip(idx[ra[keep]].tolist(), idx[rb[keep]].tolist(), strict=True))
+    return sorted(pairs)
 
 
 class _UnionFind:
@@ -185,18 +227,17 @@ def dhash(image_rgb: np.ndarray, size: int = 8) -> int:
 
 def near_duplicate_groups(hashes: Mapping[str, int], max_distance: int) -> dict[str, str]:
     """``item_id -> cluster id`` (``"dup-<smallest id>"``) linking items whose hashes are within
-    ``max_distance`` bits (transitively). Items without a near-duplicate get their own cluster."""
+    ``max_distance`` bits (transitively). Items without a near-duplicate get their own cluster.
+
+    Sub-quadratic for the usual small distances: see :func:`near_duplicate_pairs`."""
     ids = sorted(hashes)
     uf = _UnionFind()
     for i in ids:
         uf.find(i)
     if max_distance >= 0 and len(ids) > 1:
         arr = np.array([hashes[i] for i in ids], dtype=np.uint64)
-        for a in range(len(ids) - 1):
-            x = np.bitwise_xor(arr[a + 1 :], arr[a])
-            dist = np.bitwise_count(x)
-            for off in np.nonzero(dist <= max_distance)[0]:
-                uf.union(ids[a], ids[a + 1 + int(off)])
+        for a, b in near_duplicate_pairs(arr, max_distance):
+            uf.union(ids[a], ids[b])
     roots: dict[str, list[str]] = {}
     for i in ids:
         roots.setdefault(uf.find(i), []).append(i)

@@ -147,7 +147,8 @@ def _load_backbone(model: torch.nn.Module, path: Path) -> None:
     import torch
 
     if not path.is_file():
-        raise UserError(f"{path}: pretrained backbone checkpoint not found (train.pretrained_backbone)")
+        raise UserError(f"{path}: pretrained backbone checkpoint not found (train.pretrained_backbone); get the "
+                        "official ImageNet weights with `maskloop models fetch mobilenet_v3_large`")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files

@@ -59,7 +59,8 @@ OFFICIAL_WEIGHTS: dict[str, str] = {
     "deeplabv3/mobilenet_v3_large": "https://download.pytorch.org/models/deeplabv3_mobilenet_v3_large-fc3c493d.pth",
     "trained": "no public weights: produced by `dvc repro train` and `maskloop promote` (models/promoted/model.pt)",
 }
-"""Where official weights are published, for error messages only (maskloop never downloads at run time)."""
+"""Where official weights are published, for error messages (`maskloop models fetch` downloads them on request;
+nothing is ever downloaded at run time)."""
 
 
 def require_checkpoint(path: Path, what: str, setting: str) -> Path:
@@ -68,13 +69,16 @@ def require_checkpoint(path: Path, what: str, setting: str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    from pipeline.core.weights import WEIGHTS
+
     where = OFFICIAL_WEIGHTS.get(what, "")
-    hint = f"official weights are published at {where}" if where.startswith("http") else where
+    name = what.replace("/", "_")
+    if name in WEIGHTS:
+        hint = f"get the official weights with `maskloop models fetch {name}` (from {where}, SHA-256 verified)"
+    else:
+        hint = where
     reason = "is a folder, not a file" if path.is_dir() else "not found"
-    raise CheckpointMissing(
-        f"{path}: {what} checkpoint {reason}; {hint} (download it yourself, maskloop never downloads weights) "
-        f"and set {setting} in params.yaml"
-    )
+    raise CheckpointMissing(f"{path}: {what} checkpoint {reason}; {hint}, or set {setting} in params.yaml")
 
 
 def load_torch_file(path: Path, what: str) -> Any:
@@ -154,8 +158,12 @@ class GrabCutParams:
     refine_side: int = 1024
     refine_eps: float = 1e-3
     min_island_frac: float = 0.1
+    hypotheses: tuple[str, ...] = ("border", "rect")
 
     def __post_init__(self) -> None:
+        allowed = ("border", "salient", "rect")
+        if not self.hypotheses or len(set(self.hypotheses)) != len(self.hypotheses) or not set(self.hypotheses) <= set(allowed):
+            raise ValueError(f"grabcut.hypotheses must be distinct names from {list(allowed)}, got {list(self.hypotheses)}")
         if not 32 <= self.work_side <= 2048:
             raise ValueError(f"grabcut.work_side must be in [32, 2048], got {self.work_side}")
         if not 1 <= self.iterations <= 20:
@@ -308,7 +316,8 @@ class PreannotationResult:
 
     ``mask``: ``(H, W)`` uint8 exactly {0, 255}; ``probability``: ``(H, W)`` float32 in [0, 1] (foreground);
     ``confidence`` in [0, 1] (higher = surer); ``sam_iou``: SAM's predicted IoU of the chosen mask (NaN for
-    other models); ``encoder_cached``: whether SAM's embedding came from the cache.
+    other models); ``encoder_cached``: whether SAM's embedding came from the cache; ``note``: what the item's
+record should say about how the mask was made (e.g. a fallback to another hypothesis), ``""`` when nothing.
     """
 
     mask: np.ndarray
@@ -316,6 +325,7 @@ class PreannotationResult:
     confidence: float
     sam_iou: float = math.nan
     encoder_cached: bool = False
+    note: str = ""
 
     def __post_init__(self) -> None:
         m, p = self.mask, self.probability

@@ -34,12 +34,15 @@ exactly the mask) and pulled towards 0.5 where GrabCut's own colour models are u
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
 from pipeline.core.params import Paths, params_digest
+from pipeline.preannotators import saliency as S
 from pipeline.preannotators.base import (
     GrabCutParams,
     PreannotateParams,
@@ -51,7 +54,7 @@ from pipeline.preannotators.base import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
+VERSION = "2"
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -139,7 +142,11 @@ def rectangle_labels(shape: tuple[int, int], inset: float = 0.05) -> np.ndarray:
 
 
 def run_grabcut(image: np.ndarray, labels: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``cv2.grabCut`` with a label map; returns (final labels, background GMM, foreground GMM)."""
+    """``cv2.grabCut`` with a label map; returns (final labels, background GMM, foreground GMM).
+
+    OpenCV's GMM initialisation (k-means++) draws from its global RNG, which is re-seeded here: the result
+    depends only on the inputs, not on what ran before."""
+    cv2.setRNGSeed(0)
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
     out = labels.copy()
@@ -249,12 +256,87 @@ def upsample_refine(soft_small: np.ndarray, image: np.ndarray, params: GrabCutPa
     return np.clip(a_up * grey + b_up, 0.0, 1.0).astype(np.float32)
 
 
+HYPOTHESES = ("border", "salient", "rect")
+"""GrabCut starts tried by :func:`segment` (``grabcut.hypotheses``): ``border`` = :func:`seed_mask` of the
+border prior; ``salient`` = :func:`salient_labels` of the salient-object map; ``rect`` = the classic inset
+rectangle. Each also gets the salient map's :func:`~pipeline.preannotators.saliency.foreground_core` as
+definite foreground."""
+
+
+def salient_labels(saliency: np.ndarray, border_frac: float, ratio: float = 0.7) -> np.ndarray:
+    """GrabCut label map uint8 ``(h, w)`` from a salient-object map in [0, 1]: probable foreground above
+    ``ratio`` x Otsu's threshold, probable background below, definite background for the non-salient pixels
+    of the border strip (``border_frac`` of the shorter side)."""
+    h, w = saliency.shape
+    t = ratio * S.otsu_threshold(saliency)
+    labels = np.where(saliency > t, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    border = np.ones((h, w), bool)
+    b = max(2, round(border_frac * min(h, w)))
+    border[b:-b, b:-b] = False
+    labels[border & (saliency <= t)] = cv2.GC_BGD
+    return labels
+
+
+def border_contact(fg: np.ndarray, frac: float = 0.02) -> float:
+    """Fraction of a band ``frac`` of the shorter side wide along the image border that ``fg`` (bool
+    ``(h, w)``) covers, in [0, 1]; the hypothesis score (less is better: ECSSD's objects rarely fill the frame)."""
+    h, w = fg.shape
+    b = max(1, round(frac * min(h, w)))
+    band = np.ones((h, w), bool)
+    band[b:-b, b:-b] = False
+    return float(fg[band].mean())
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One GrabCut start and its result at work size: ``fg`` bool ``(h, w)``, GrabCut's colour models."""
+
+    name: str
+    fg: np.ndarray
+    bgd: np.ndarray
+    fgd: np.ndarray
+    score: float
+
+
+def hypotheses(small: np.ndarray, params: GrabCutParams) -> list[Hypothesis]:
+    """Every hypothesis of ``params.hypotheses`` run through GrabCut on the work-size RGB uint8 image
+    ``small``, best first (least :func:`border_contact`, ties in the configured order)."""
+    h, w = small.shape[:2]
+    sal = S.salient_map(small)
+    core = S.foreground_core(sal)
+    starts: dict[str, Any] = {
+        "border": lambda: seed_mask(border_saliency(small, params.border_frac), params.border_frac),
+        "salient": lambda: salient_labels(sal, params.border_frac),
+        "rect": lambda: rectangle_labels((h, w)),
+    }
+    out = []
+    for name in params.hypotheses:
+        labels = starts[name]()
+        labels[core] = cv2.GC_FGD
+        res, bgd, fgd = run_grabcut(small, labels, params.iterations)
+        fg = (res == cv2.GC_FGD) | (res == cv2.GC_PR_FGD)
+        if fg.any():
+            fg = _largest_components(fg, params.min_island_frac)
+        out.append(Hypothesis(name, fg, bgd, fgd, border_contact(fg) if fg.any() else math.inf))
+    return sorted(out, key=lambda hy: hy.score)  # stable: ties keep the configured order
+
+
 def segment(image: np.ndarray, params: GrabCutParams) -> tuple[np.ndarray, np.ndarray]:
     """Foreground of an RGB uint8 ``(H, W, 3)`` photo: (mask uint8 {0,255}, probability float32 [0,1]),
-    both ``(H, W)``. Deterministic (fixed k-means seed; GrabCut is deterministic for a given start).
+    both ``(H, W)``. See :func:`segment_with_note`."""
+    mask, prob, _note = segment_with_note(image, params)
+    return mask, prob
 
-    Full-size work is limited to a handful of array operations: the mask comes from the guided filter
-    applied at full size; the probability is computed at ``refine_side`` and resized.
+
+def segment_with_note(image: np.ndarray, params: GrabCutParams) -> tuple[np.ndarray, np.ndarray, str]:
+    """Foreground of an RGB uint8 ``(H, W, 3)`` photo: (mask uint8 {0,255}, probability float32 [0,1], note),
+    both arrays ``(H, W)``. Deterministic (fixed k-means seed; GrabCut is deterministic for a given start).
+
+    The best :func:`hypotheses` result that is not empty at full size is kept; ``note`` is ``""`` when it is
+    the best-scored one, else says which hypothesis was empty and what was used instead (the mask is never
+    empty: the last resort is the salient map's core, nearest-upsampled). Full-size work is limited to a
+    handful of array operations: the mask comes from the guided filter applied at full size; the probability
+    is computed at ``refine_side`` and resized.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"grabcut needs an RGB uint8 (H, W, 3) image, got {image.shape} {image.dtype}")
@@ -263,28 +345,40 @@ def segment(image: np.ndarray, params: GrabCutParams) -> tuple[np.ndarray, np.nd
     h, w = small.shape[:2]
     if min(h, w) < 8:
         raise ValueError(f"image {image.shape[1]}x{image.shape[0]} is too small for grabcut (needs >= 8 px a side)")
-    sal = border_saliency(small, params.border_frac)
-    labels = seed_mask(sal, params.border_frac)
-    out, bgd, fgd = run_grabcut(small, labels, params.iterations)
-    fg = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
-    if fg.any():
-        fg = _largest_components(fg, params.min_island_frac)
-    q_mid, a, b = _refine_parts(fg.astype(np.float32), image, mid, params)
-    mask = _full_mask(q_mid, a, b, image)
-    if bgd.any() and fgd.any():
-        agree = np.abs(2.0 * colour_posterior(small, bgd, fgd) - 1.0)
+    H, W = image.shape[:2]
+    tried = hypotheses(small, params)
+    empty: list[str] = []
+    for hyp in tried:
+        if not hyp.fg.any():
+            empty.append(hyp.name)
+            continue
+        q_mid, a, b = _refine_parts(hyp.fg.astype(np.float32), image, mid, params)
+        mask = _full_mask(q_mid, a, b, image)
+        if not mask.any():  # a sliver the edge-aware upsampling erased: keep it, blocky
+            mask = cv2.resize(hyp.fg.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_NEAREST)
+            q_mid = np.where(cv2.resize(mask, (q_mid.shape[1], q_mid.shape[0]), interpolation=cv2.INTER_NEAREST) > 0,
+                             1.0, 0.0).astype(np.float32)
+        note = f"fallback: hypotheses {', '.join(empty)} were empty, used {hyp.name}" if empty else ""
+        break
+    else:  # cannot happen with a core seeded as definite foreground; kept as the documented last resort
+        core = S.foreground_core(S.salient_map(small))
+        mask = cv2.resize(core.astype(np.uint8) * 255, (W, H), interpolation=cv2.INTER_NEAREST)
+        q_mid = cv2.resize(mask, (mid.shape[1], mid.shape[0]), interpolation=cv2.INTER_NEAREST).astype(np.float32) / 255
+        hyp = tried[0]
+        note = f"fallback: hypotheses {', '.join(empty)} were empty, used the salient core"
+    if hyp.bgd.any() and hyp.fgd.any():
+        agree = np.abs(2.0 * colour_posterior(small, hyp.bgd, hyp.fgd) - 1.0)
     else:
         agree = np.ones((h, w), np.float32)
     gain = cv2.resize(0.5 + 0.5 * agree, (q_mid.shape[1], q_mid.shape[0]), interpolation=cv2.INTER_LINEAR)
     # magnitude from how sure the colour models are; the side of 0.5 is then forced to match the mask
     p_mid = ((q_mid - 0.5) * gain + 0.5).astype(np.float32)
-    H, W = image.shape[:2]
     prob = p_mid if p_mid.shape == (H, W) else cv2.resize(p_mid, (W, H), interpolation=cv2.INTER_LINEAR)
     fg_full = mask > 0
     np.maximum(prob, 0.5, out=prob, where=fg_full)
     np.minimum(prob, 0.499, out=prob, where=~fg_full)
     np.clip(prob, 0.0, 1.0, out=prob)
-    return mask, prob
+    return mask, prob, note
 
 
 def plain_grabcut(image: np.ndarray, inset: float = 0.05, iterations: int = 5) -> np.ndarray:
@@ -309,5 +403,7 @@ class GrabCutPreannotator:
         self.spec = PreannotatorSpec(name="grabcut", version=f"grabcut-{VERSION}-{params_digest(self.params)[:8]}")
 
     def predict(self, image: np.ndarray, context: PredictContext) -> PreannotationResult:
-        mask, prob = segment(image, self.params)
-        return PreannotationResult(mask=mask, probability=prob, confidence=confidence_from(prob, mask))
+        mask, prob, note = segment_with_note(image, self.params)
+        if note:
+            log.info("item %s: %s", context.item_id or "?", note)
+        return PreannotationResult(mask=mask, probability=prob, confidence=confidence_from(prob, mask), note=note)

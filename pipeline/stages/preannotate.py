@@ -5,7 +5,8 @@ Outputs (``paths.preannotate``)::
     masks/<item_id>.png          uint8 {0, 255} at the source image's size
     prob/<item_id>.png           uint8 0..255 foreground probability (round(255 * p))
     preannotations.parquet       item_id, model, model_version, checkpoint_sha256, confidence, entropy,
-                                 sam_iou, uncertainty  (sorted by item_id; no timings: those are in reports/)
+                                 sam_iou, uncertainty, note (sorted by item_id; no timings: those are in
+                                 reports/; note: e.g. a grabcut fallback to another hypothesis, else "")
 
 plus the SAM embedding cache under ``paths.sam_cache`` (``model: sam``; entries of items that left the manifest
 are pruned). The pre-annotator comes from the registry (:mod:`pipeline.preannotators`) and is loaded once per
@@ -50,7 +51,8 @@ from pipeline.preannotators.base import (
 log = logging.getLogger(__name__)
 
 TABLE = "preannotations.parquet"
-COLUMNS = ("item_id", "model", "model_version", "checkpoint_sha256", "confidence", "entropy", "sam_iou", "uncertainty")
+COLUMNS = ("item_id", "model", "model_version", "checkpoint_sha256", "confidence", "entropy", "sam_iou", "uncertainty",
+           "note")
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def record_for(item_id: str, model: Preannotator, result: Any) -> dict[str, Any]
         "entropy": round(entropy, 6),
         "sam_iou": None if math.isnan(sam_iou) else round(float(sam_iou), 6),
         "uncertainty": round(uncertainty_from(result.confidence, entropy), 6),
+        "note": str(getattr(result, "note", "")),
     }
 
 
@@ -170,6 +173,7 @@ def previous_records(root: Path) -> dict[str, dict[str, Any]]:
         rec = {c: row.get(c) for c in COLUMNS}
         v = rec.get("sam_iou")
         rec["sam_iou"] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        rec["note"] = "" if rec.get("note") is None else str(rec["note"])
         out[str(rec["item_id"])] = rec
     return out
 
@@ -181,6 +185,7 @@ def table(result: StageResult) -> pd.DataFrame:
         {
             "item_id": "string", "model": "string", "model_version": "string", "checkpoint_sha256": "string",
             "confidence": "float64", "entropy": "float64", "sam_iou": "float64", "uncertainty": "float64",
+            "note": "string",
         }
     )
 

@@ -4,7 +4,6 @@ import closure contains it (no hand-bumped VERSION strings to forget)."""
 from __future__ import annotations
 
 import ast
-import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from pipeline.core.code_version import code_digest, direct_imports, import_closure
 from pipeline.core.params import load_section
+from pipeline.core.state_store import StateStore
 from pipeline.preannotators.base import PreannotateParams
 from tests.conftest import REPO, maskloop
 
@@ -109,7 +109,8 @@ def test_preannotate_fingerprints_the_selected_preannotator() -> None:
 
 
 def _states(root: Path, stage: str) -> dict[str, dict[str, object]]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((root / ".maskloop" / "state" / stage).glob("*/*.json"))}
+    with StateStore(root / ".maskloop" / "state" / stage) as store:
+        return dict(store.items())
 
 
 def _outputs(root: Path, folder: str) -> dict[str, bytes]:

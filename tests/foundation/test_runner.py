@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -192,6 +194,18 @@ def test_missing_input_is_an_item_failure(ws: dict[str, Path]) -> None:
     assert r.n_failed == 1 and "ghost.png" in r.failures[0].error
 
 
+def stored_items(folder: Path) -> int:
+    """Items with a committed state record in a stage's state database (0 before it exists)."""
+    db = folder / "items.sqlite"
+    if not db.is_file():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        except sqlite3.OperationalError:  # the table is being created
+            return 0
+
+
 def test_sigkill_mid_stage_then_rerun_is_byte_identical(ws: dict[str, Path]) -> None:
     make_inputs(ws["inp"], 16, size=(48, 64))
     cmd = [sys.executable, str(HERE / "slow_stage.py"), str(ws["inp"]), str(ws["out"]), str(ws["state"]), "2"]
@@ -199,13 +213,12 @@ def test_sigkill_mid_stage_then_rerun_is_byte_identical(ws: dict[str, Path]) -> 
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        done = list((ws["state"] / "dim").rglob("*.json")) if (ws["state"] / "dim").is_dir() else []
-        if len(done) >= 4:
+        if stored_items(ws["state"] / "dim") >= 4:
             break
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    n_done = len(list((ws["state"] / "dim").rglob("*.json")))
+    n_done = stored_items(ws["state"] / "dim")
     assert 4 <= n_done < 16, "the kill must land mid-stage"
     assert not (ws["out"] / "dim.parquet").exists()
     r = run(ws, workers=2)

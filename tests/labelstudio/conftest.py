@@ -48,6 +48,8 @@ class Server:
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
             "LABEL_STUDIO_LATEST_VERSION_CHECK": "false", "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            # the assist ML backend runs on loopback: Label Studio refuses to call such URLs unless told
+            "ML_BLOCK_LOCAL_IP": "false",
         }
 
     def start(self, timeout: float = 300.0) -> None:

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import io
-from pipeline.dataset.splits import SplitItem, assign_splits, components, dhash, near_duplicate_groups
+from pipeline.dataset.splits import (
+    SplitItem,
+    assign_splits,
+    components,
+    dhash,
+    near_duplicate_groups,
+    near_duplicate_pairs,
+)
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -119,3 +126,19 @@ def test_tiny_dataset_still_gets_every_split() -> None:
     # fewer components than splits: nothing can be moved without emptying train
     two = assign_splits(items[:2], {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
     assert sorted(two.values()) in (["train", "val"], ["test", "train"])
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 6, 10, 20])
+def test_banded_near_duplicate_pairs_equal_all_pairs(max_distance: int) -> None:
+    rng = np.random.default_rng(max_distance)
+    base = rng.integers(0, 2**63, 300, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 300, dtype=np.uint64)
+    # plant near-duplicates at every distance 0..12 bits, plus clumps that share whole bands
+    flips = [np.uint64(sum(1 << int(b) for b in rng.choice(64, k, replace=False))) for k in range(13) for _ in range(8)]
+    planted = np.array([base[i] ^ f for i, f in enumerate(flips)], dtype=np.uint64)
+    clump = base[:40] & np.uint64(0xFFFFFFFF00000000)
+    hashes = np.concatenate([base, planted, clump])
+    brute = sorted((a, b) for a in range(len(hashes)) for b in range(a + 1, len(hashes))
+                   if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= max_distance)
+    got = near_duplicate_pairs(hashes, max_distance)
+    assert got == brute
+    assert len(got) >= (8 * min(max_distance + 1, 13) if max_distance < 13 else 1)

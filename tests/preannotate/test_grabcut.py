@@ -120,6 +120,9 @@ def test_bad_inputs_raise() -> None:
         ({"grabcut": {"refine_side": 100}}, "refine_side"),
         ({"grabcut": {"refine_eps": 0}}, "refine_eps"),
         ({"grabcut": {"min_island_frac": 1.0}}, "min_island_frac"),
+        ({"grabcut": {"hypotheses": []}}, "hypotheses"),
+        ({"grabcut": {"hypotheses": ["rect", "rect"]}}, "hypotheses"),
+        ({"grabcut": {"hypotheses": ["magic"]}}, "hypotheses"),
         ({"deeplabv3": {"classes": ["unicorn"]}}, "unknown VOC classes"),
         ({"deeplabv3": {"classes": []}}, "at least one class"),
         ({"deeplabv3": {"max_side": 10}}, "max_side"),
@@ -132,3 +135,78 @@ def test_bad_inputs_raise() -> None:
 def test_params_errors(raw: dict, match: str) -> None:
     with pytest.raises(ParamsError, match=match):
         from_mapping(PreannotateParams, raw, where="params.yaml:preannotate")
+
+
+# --------------------------------------------------------------------------- hypotheses and the never-empty rule
+
+
+def test_camouflaged_animal_gets_a_mask_where_plain_grabcut_returns_none(shared_data: Path) -> None:
+    """ECSSD-train 0243, a crocodile on earth and grass of its own colours: GrabCut from the rectangle (and the
+    old border-prior start) collapses to an empty mask; the salient core keeps a real object."""
+    folder = shared_data / "ecssd-train"
+    img = io.read_image(folder / "images" / "0243.jpg")
+    gt = io.read_gray(folder / "masks" / "0243.png") > 127
+    small = G.downscale(img, GrabCutParams().work_side)
+    out, _b, _f = G.run_grabcut(small, G.rectangle_labels(small.shape[:2]), 4)
+    assert not ((out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)).any()  # the failure this guards against
+    mask, _prob, note = G.segment_with_note(img, GrabCutParams())
+    assert mask.any() and note == ""
+    assert iou(mask > 0, gt) > 0.2
+
+
+def test_fallback_to_the_next_hypothesis_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the best-scored hypothesis is empty the next one is used and the item's note says so."""
+    img, gt = object_on_background()
+    real = G.hypotheses
+
+    def first_empty(small: np.ndarray, params: GrabCutParams) -> list[G.Hypothesis]:
+        hyps = real(small, params)
+        blank = G.Hypothesis("border", np.zeros_like(hyps[0].fg), hyps[0].bgd, hyps[0].fgd, 0.0)
+        return [blank, *[h for h in hyps if h.name != "border"]]
+
+    monkeypatch.setattr(G, "hypotheses", first_empty)
+    model = build_preannotator("grabcut", PreannotateParams(), Paths())
+    res = model.predict(img, PredictContext(item_id="x"))
+    assert res.mask.any() and iou(res.mask > 0, gt) > 0.9
+    assert res.note.startswith("fallback: hypotheses border were empty, used ")
+
+    def all_empty(small: np.ndarray, params: GrabCutParams) -> list[G.Hypothesis]:
+        return [G.Hypothesis(h.name, np.zeros_like(h.fg), h.bgd, h.fgd, 0.0) for h in real(small, params)]
+
+    monkeypatch.setattr(G, "hypotheses", all_empty)
+    mask, prob, note = G.segment_with_note(img, GrabCutParams())
+    assert mask.any() and np.array_equal(mask > 0, prob >= 0.5)
+    assert note == "fallback: hypotheses border, rect were empty, used the salient core"
+
+
+def test_no_empty_masks_on_real_photos(shared_data: Path) -> None:
+    """Every 25th ECSSD-train photo: never an empty mask, never a fallback needed."""
+    folder = shared_data / "ecssd-train"
+    for p in sorted((folder / "images").glob("*.jpg"))[::25]:
+        mask, _prob, note = G.segment_with_note(io.read_image(p), GrabCutParams())
+        assert mask.any(), p.name
+        assert note == "", (p.name, note)
+
+
+@pytest.mark.parametrize(
+    ("fg", "expected"),
+    [
+        (np.zeros((50, 50), bool), 0.0),  # nothing touches the border
+        (np.ones((50, 50), bool), 1.0),  # the whole frame
+        (np.pad(np.ones((40, 40), bool), 5), 0.0),  # an object inside the frame
+        (np.pad(np.ones((45, 50), bool), ((5, 0), (0, 0))), 138 / 196),  # cut by three sides (1 px band)
+    ],
+)
+def test_border_contact(fg: np.ndarray, expected: float) -> None:
+    assert G.border_contact(fg) == pytest.approx(expected, abs=0.02)
+
+
+def test_salient_labels() -> None:
+    sal = np.zeros((40, 40), np.float32)
+    sal[10:30, 10:30] = 1.0  # the object
+    sal[0:2, 0:2] = 1.0  # salient corner: probable foreground, not definite background
+    labels = G.salient_labels(sal, 0.05)
+    assert labels[20, 20] == cv2.GC_PR_FGD
+    assert labels[0, 0] == cv2.GC_PR_FGD
+    assert labels[0, 20] == cv2.GC_BGD  # non-salient border
+    assert labels[5, 20] == cv2.GC_PR_BGD  # non-salient interior stays probable

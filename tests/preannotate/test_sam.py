@@ -162,7 +162,7 @@ def test_missing_checkpoint_names_path_arch_and_official_url(tmp_path: Path) -> 
     text = str(err.value)
     assert str(missing) in text and "sam/vit_b" in text
     assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in text
-    assert "preannotate.sam.checkpoint" in text
+    assert "preannotate.sam.checkpoint" in text and "`maskloop models fetch sam_vit_b`" in text
 
 
 def test_wrong_architecture(tiny_sam_ckpt: Path, deeplab_voc_ckpt: Path) -> None:
