@@ -418,9 +418,12 @@ def decision_counts(queue: pd.DataFrame) -> pd.DataFrame:
 
 def correction_effort(project: Project) -> pd.DataFrame:
     """Correction effort per pre-annotation model version: items pre-annotated, items corrected, median lead time
-    (s), and -- when QA measured it -- the mean pre-annotation/correction disagreement value."""
+    (s), and -- when QA measured it -- the mean pre-annotation/correction disagreement value; when ``evaluate``
+    ran (``paths.metrics/effort.json``), the mean pixels a brush annotator changed and the simulated clicks a
+    click annotator would need (NoC@90, docs/refine.md)."""
     pre = read_table(project.p(project.paths.preannotate) / "preannotations.parquet")
-    cols = ["model_version", "items", "corrected", "median_lead_time_s", "mean_disagreement"]
+    cols = ["model_version", "items", "corrected", "median_lead_time_s", "mean_disagreement", "mean_pixels_changed",
+            "simulated_noc90"]
     if pre is None or "model_version" not in pre.columns:
         return pd.DataFrame(columns=cols)
     corr = read_table(project.p(project.paths.corrections) / "corrections.parquet")
@@ -448,7 +451,33 @@ def correction_effort(project: Project) -> pd.DataFrame:
         "median_lead_time_s": g["lead_time"].median(),
         "mean_disagreement": g["disagreement"].mean(),
     }).reset_index()
+    pixels, clicks = effort_metrics(project)
+    out["mean_pixels_changed"] = out["model_version"].map(pixels).astype(float)
+    out["simulated_noc90"] = out["model_version"].map(clicks).astype(float)
     return out[cols]
+
+
+def effort_metrics(project: Project) -> tuple[dict[str, float], dict[str, float]]:
+    """``evaluate``'s ``paths.metrics/effort.json`` (rows keyed ``model@model_version``) as two maps by model
+    version: mean pixels changed, mean simulated NoC@90 (missing values left out; empty maps without the file)."""
+    import json
+
+    path = project.p(project.paths.metrics) / "effort.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, {}
+    pixels: dict[str, float] = {}
+    clicks: dict[str, float] = {}
+    for r in rows if isinstance(rows, list) else []:
+        if not isinstance(r, dict):
+            continue
+        version = str(r.get("model_version", "")).split("@", 1)[-1]
+        if isinstance(r.get("mean_pixels_changed"), int | float):
+            pixels[version] = float(r["mean_pixels_changed"])
+        if isinstance(r.get("mean_noc90"), int | float):
+            clicks[version] = float(r["mean_noc90"])
+    return pixels, clicks
 
 
 # --------------------------------------------------------------------------- metrics between revisions

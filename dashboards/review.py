@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboards import data, render
+from dashboards import auth, data, render
 from dashboards.safe import html_text, md_text
 from pipeline.core import io
 from qa.decision_store import DecisionStore, StoreError
@@ -130,7 +130,12 @@ def sidebar(queue_all: pd.DataFrame) -> None:
     with st.sidebar:
         st.markdown("### maskloop review")
         st.radio("Page", PAGES, key="view", horizontal=True, label_visibility="collapsed")
-        st.text_input("Reviewer", key="reviewer", help="Your name, stored with every decision.")
+        signed_in = st.session_state.get("signed_in", "")
+        if signed_in:
+            st.caption(f"Signed in as **{md_text(signed_in)}**")
+            st.button("Sign out", key="sign_out", on_click=_sign_out)
+        else:
+            st.text_input("Reviewer", key="reviewer", help="Your name, stored with every decision.")
         st.divider()
         st.markdown("**Queue filters**")
         st.toggle("Include unflagged items", key="f_all", on_change=_reset_page,
@@ -243,7 +248,8 @@ def queue_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFra
 def _decide(project: data.Project, item_id: str, decision: str, digest: str, fix: str = "",
             next_id: str = "") -> None:
     ss = st.session_state
-    reviewer = str(ss.get("reviewer", "")).strip()
+    # signed in: decisions are recorded under the signed-in reviewer, never a typed name
+    reviewer = str(ss.get("signed_in") or ss.get("reviewer", "")).strip()
     reason = ""
     if decision == "reject":
         reason = str(ss.get("reject_reason", "")).strip() or str(ss.get("reject_preset", "")).strip()
@@ -481,6 +487,10 @@ def overview_page(project: data.Project, queue_all: pd.DataFrame) -> None:
             if not lead.empty:
                 st.caption("median annotation lead time (s) — should fall from round to round")
                 st.bar_chart(lead, height=220)
+            noc = by_model["simulated_noc90"].dropna()
+            if not noc.empty:
+                st.caption("simulated clicks to IoU 0.90 from the pre-annotation (NoC@90, `maskloop evaluate`)")
+                st.bar_chart(noc, height=220)
     st.markdown("#### Metrics between dataset versions")
     revs = data.revisions(project)
     labels = {r.rev: r.label for r in revs}
@@ -503,10 +513,46 @@ def overview_page(project: data.Project, queue_all: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def _sign_out() -> None:
+    st.session_state["signed_in"] = ""
+
+
+def _sign_in_gate() -> None:
+    """With a users file (``maskloop review`` sets ``MASKLOOP_REVIEW_USERS`` when reviewers exist), show nothing
+    but the sign-in form until a valid token is given; the file is re-read on every run, so a removed reviewer is
+    signed out at their next click."""
+    path = os.environ.get(auth.ENV_USERS_FILE, "")
+    if not path:
+        return  # no sign-in configured: `maskloop review` allows that on loopback only
+    ss = st.session_state
+    try:
+        users = auth.read_users(Path(path))
+    except auth.UsersFileError as exc:
+        st.error(md_text(exc))
+        st.stop()
+    if ss.get("signed_in") and ss["signed_in"] in users:
+        return
+    ss["signed_in"] = ""
+    st.title("Sign in to maskloop review")
+    with st.form("sign_in"):
+        token = st.text_input("Reviewer token", type="password", key="sign_in_token",
+                              help="Ask the project owner: `maskloop review-users add YOUR-NAME` prints it once.")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        name = auth.authenticate(users, token)
+        if name is None:
+            st.error("Unknown token.")
+        else:
+            ss["signed_in"] = name
+            st.rerun()
+    st.stop()
+
+
 def main() -> None:
     st.set_page_config(page_title="maskloop review", page_icon=":material/rule:", layout="wide")
     st.markdown(CSS, unsafe_allow_html=True)
     _init_state()
+    _sign_in_gate()
     try:
         project = _project()
         queue_all = data.load_queue(project, include_all=bool(st.session_state.get("f_all", False)))

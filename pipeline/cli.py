@@ -18,10 +18,18 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.errors import UserError, user_message
+from pipeline.core.errors import UserError, describe_os_error
 from pipeline.core.params import DEFAULT_PARAMS, ParamsError
 
 log = logging.getLogger("pipeline")
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-sentence message the CLI prints for an expected error (secrets removed). Lives here, not in
+    pipeline.core.errors: secrets imports errors, so errors must not import secrets (no cycle)."""
+    from pipeline.core.secrets import redact
+
+    return redact(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))
 
 class _App(typer.Typer):
     """Typer app whose expected errors (in any command) print as one sentence instead of a traceback."""
@@ -72,6 +80,7 @@ COMMANDS: dict[str, str] = {
     "pull": "pipeline.stages.pull",
     "review": "pipeline.commands.review",
     "review-export": "pipeline.commands.review",
+    "review-users": "pipeline.commands.review_users",
     "qa-check": "pipeline.commands.qa_check",
     "sam-prompt": "pipeline.commands.sam_prompt",
     "evaluate-matting": "pipeline.commands.evaluate_matting",
@@ -86,10 +95,14 @@ def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.INFO
+    from pipeline.core.secrets import RedactingFilter
+
     handler = RichHandler(show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    handler.addFilter(RedactingFilter())  # no token, password or URL credential reaches the terminal
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     for name in ("pipeline", "qa", "dashboards"):
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries are logged by annotation.http
 
 
 @app.callback()

@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
+from pipeline.annotation.http import redact, register_secret, safe_url
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -169,16 +171,19 @@ def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, 
         try:
             return fn()
         except Exception as exc:
-            if isinstance(exc, ApiException) and exc.status in (401, 403):
-                raise UserError(f"CVAT at {url} refused {what} (HTTP {exc.status}): check the credentials "
-                                "(CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN) and their permissions") from exc
+            # CVAT 2.23 answers a wrong password with HTTP 400, older servers with 401
+            refused = exc.status in (401, 403) or (what == "login" and exc.status == 400) \
+                if isinstance(exc, ApiException) else False
+            if refused:
+                raise UserError(f"CVAT at {url} refused {what} (HTTP {exc.status}): check the credentials "  # type: ignore[attr-defined]
+                                "(CVAT_USERNAME / CVAT_PASSWORD or CVAT_ACCESS_TOKEN) and their permissions") from None
             reason = transient_reason(exc, idempotent)
             if reason is None:
                 if isinstance(exc, ApiException):
                     body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
                     again = "" if idempotent else " (not repeated automatically; re-running is safe)"
-                    raise UserError(f"CVAT at {url}: {what} failed with HTTP {exc.status} {exc.reason or ''}"
-                                    f"{again}: {body[:300]}".rstrip(": ")) from exc
+                    raise UserError(redact(f"CVAT at {url}: {what} failed with HTTP {exc.status} {exc.reason or ''}"
+                                           f"{again}: {body[:300]}").rstrip(": ")) from None
                 raise
             last = reason
     raise UserError(f"CVAT at {url} is unreachable: {what} failed {max_retries + 1} times ({last}); is the server "
@@ -211,17 +216,20 @@ class CvatConnection:
                               f"(or {params.access_token_env}) in the environment or an untracked .env")
         self.params = params
         self.url = params.server_url()
+        self.shown_url = safe_url(self.url)  # for messages: no user:password@
         self._username = username
         self._password = password
         self._token = token
+        for secret in (password, token):
+            register_secret(secret)
         self._client: Any = None
         self.server_version = ""
 
     def __repr__(self) -> str:  # never show a secret
-        return f"CvatConnection({self.url!r}, user={self._username!r})"
+        return f"CvatConnection({self.shown_url!r}, user={self._username!r})"
 
     def retry(self, what: str, fn: Callable[[], T], idempotent: bool = True) -> T:
-        return with_retries(fn, what, url=self.url, max_retries=self.params.max_retries,
+        return with_retries(fn, what, url=self.shown_url, max_retries=self.params.max_retries,
                             backoff_s=self.params.backoff_s, idempotent=idempotent)
 
     def client(self) -> Any:
@@ -242,7 +250,7 @@ class CvatConnection:
         pool_kw["retries"] = conf.retries  # retries are ours (bounded, logged); the SDK's would hide failures
         pool_kw["timeout"] = urllib3.util.Timeout(connect=self.params.timeout_s, read=self.params.timeout_s)
         self.server_version = self.retry("version check (GET /api/server/about)", lambda: self._about(client))
-        if not check_server_version(self.server_version, self.params.min_server_version, self.url):
+        if not check_server_version(self.server_version, self.params.min_server_version, self.shown_url):
             log.info("CVAT server %s is outside cvat-sdk's tested range (%s); its own version check is skipped",
                      self.server_version, ", ".join(str(v) for v in Client.SUPPORTED_SERVER_VERSIONS))
         creds = AccessTokenCredentials(self._token) if self._token else PasswordCredentials(self._username,
@@ -250,7 +258,7 @@ class CvatConnection:
         self.retry("login", lambda: client.login(creds))
         if self.params.organization:
             client.organization_slug = self.params.organization
-        log.info("connected to CVAT %s at %s", self.server_version, self.url)
+        log.info("connected to CVAT %s at %s", self.server_version, self.shown_url)
         return client
 
     def _about(self, client: Any) -> str:
@@ -260,7 +268,7 @@ class CvatConnection:
             _parse_response=False, _request_timeout=self.params.timeout_s)
         version = str(json.loads(resp.data).get("version") or "")
         if not version:
-            raise UserError(f"{self.url} answered /api/server/about without a version: is this a CVAT server?")
+            raise UserError(f"{self.shown_url} answered /api/server/about without a version: is this a CVAT server?")
         return version
 
     def close(self) -> None:
@@ -359,6 +367,75 @@ def plan_replacement(items: Sequence[PushItem], placed: Mapping[str, tuple[int, 
         todo.append(it)
         stale.extend(shape_id for shape_id, _ in old)
     return todo, kept, sorted(stale)
+
+
+@dataclass(frozen=True)
+class ServerShape:
+    """A shape on the server, as far as a push compares it: where it is, who made it and what it is."""
+
+    shape_id: int
+    frame: int
+    source: str
+    type: str = ""
+    label_id: int = -1
+    points: tuple[float, ...] = ()
+
+    def signature(self) -> tuple[str, int, tuple[float, ...]]:
+        return shape_signature(self.type, self.label_id, self.points)
+
+
+def shape_signature(shape_type: str, label_id: int, points: Sequence[float]) -> tuple[str, int, tuple[float, ...]]:
+    """What makes two shapes identical for a push (points rounded to 0.01 px: the server stores floats)."""
+    return str(shape_type), int(label_id), tuple(round(float(p), 2) for p in points)
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What a push does with the frames of items that are on the server but whose receipt digest differs or is
+    missing (a new pre-annotation, or a lost receipt being rebuilt)."""
+
+    replace: tuple[PushItem, ...]  # auto shapes differ from the pre-annotation: replaced
+    identical: tuple[PushItem, ...]  # the server already holds exactly these shapes: nothing is sent
+    kept: tuple[PushItem, ...]  # changed since the last push, but people own the frame: not sent (warned)
+    adopted: tuple[PushItem, ...]  # no receipt row and people own the frame: recorded as sent, no warning
+    stale: tuple[int, ...]  # shape ids removed before the replacement shapes are added
+
+
+def plan_sync(items: Sequence[PushItem], placed: Mapping[str, tuple[int, int]], shapes: Sequence[ServerShape],
+              expected: Mapping[str, Sequence[tuple[str, int, tuple[float, ...]]]], known: AbstractSet[str],
+              locked_frames: AbstractSet[int] = frozenset()) -> SyncPlan:
+    """Plan one task's frames (pure). ``expected``: item_id -> signatures of the shapes its current pre-annotation
+    gives; ``known``: items with an active receipt row (a differing digest there is a real change);
+    ``locked_frames``: frames of completed jobs.
+
+    A frame whose shapes are all ``auto`` and equal ``expected`` is left alone (rebuilding a lost receipt rewrites
+    nothing identical and bumps no job's date). A frame a person edited (any non-``auto`` shape) is never
+    rewritten: for a known item that is a changed pre-annotation not sent (warned); for an item the
+    receipt did not know it is adopted (its current digest recorded, so later pushes raise no false warning); so is
+    a frame of a completed job the receipt did not know (the annotator accepted its auto shapes). Any other frame
+    gets its auto shapes replaced (a known item's genuinely new pre-annotation, also in a completed job)."""
+    on_frame: dict[int, list[ServerShape]] = {}
+    for sh in shapes:
+        on_frame.setdefault(sh.frame, []).append(sh)
+    replace: list[PushItem] = []
+    identical: list[PushItem] = []
+    kept: list[PushItem] = []
+    adopted: list[PushItem] = []
+    stale: list[int] = []
+    for it in sorted(items, key=lambda i: i.item_id):
+        frame = placed[it.item_id][1]
+        old = on_frame.get(frame, [])
+        people = any(sh.source != AUTO_SOURCE for sh in old)
+        if not people and sorted(sh.signature() for sh in old) == sorted(expected.get(it.item_id, ())):
+            identical.append(it)
+        elif people:
+            (kept if it.item_id in known else adopted).append(it)
+        elif frame in locked_frames and it.item_id not in known:
+            adopted.append(it)  # rebuilding: a completed job's auto shapes are what the annotator accepted
+        else:
+            replace.append(it)
+            stale.extend(sh.shape_id for sh in old)
+    return SyncPlan(tuple(replace), tuple(identical), tuple(kept), tuple(adopted), tuple(sorted(stale)))
 
 
 def shape_points(mask: np.ndarray, shape_type: str) -> list[list[float]]:
@@ -539,40 +616,57 @@ class CvatBackend:
                 placed[it.item_id] = (int(task.id), frames[it.item_id])
                 pushed[it.item_id] = it.digest()
             log.info("CVAT: task %d with %d frames created (%d/%d)", task.id, len(chunk), n, len(chunks))
-        replaced, kept = self._replace_changed(changed, placed, tasks, label_id)
-        for it in replaced:
+        known = {item_id for item_id, digest in pushed.items() if digest}  # an empty digest was never a real push
+        plan = self._replace_changed(changed, placed, tasks, label_id, known)
+        replaced, kept = list(plan.replace), list(plan.kept)
+        for it in (*plan.replace, *plan.identical, *plan.adopted):
             pushed[it.item_id] = it.digest()
+        if plan.identical:
+            log.info("CVAT: %d frames already hold exactly their pre-annotation; nothing sent for them",
+                     len(plan.identical))
+        if plan.adopted:
+            log.info("CVAT: receipt rebuilt for %d frames people edited (or in completed jobs): kept as they are",
+                     len(plan.adopted))
         if kept:
-            log.warning("CVAT: %d changed pre-annotations were not sent because people already edited those frames: "
-                        "%s", len(kept), ", ".join(it.item_id for it in kept[:10]))
+            log.warning("CVAT: %d changed pre-annotations were not sent because people already edited those frames "
+                        "(or their jobs are completed): %s", len(kept), ", ".join(it.item_id for it in kept[:10]))
         rows, removed = receipt_rows(items, placed, int(project.id), receipt, pushed, self.conn.server_version)
         if removed:
             log.info("CVAT: %d items left the dataset; their frames stay on the server", len(removed))
         return PushOutcome(receipt=tuple(rows), created=len(new), updated=len(replaced),
-                           unchanged=len(unchanged) + len(kept), removed=tuple(removed),
+                           unchanged=len(unchanged) + len(kept) + len(plan.identical) + len(plan.adopted),
+                           removed=tuple(removed),
                            server_version=self.conn.server_version)
 
     def _replace_changed(self, changed: Sequence[PushItem], placed: Mapping[str, tuple[int, int]],
-                         tasks: Mapping[int, Any], label_id: int) -> tuple[list[PushItem], list[PushItem]]:
-        """Replace the shapes of changed items' frames (only frames nobody edited). Returns (replaced, kept)."""
+                         tasks: Mapping[int, Any], label_id: int, known: AbstractSet[str]) -> SyncPlan:
+        """Bring the frames of changed items up to date (:func:`plan_sync`): replace differing auto shapes, send
+        nothing for identical ones, never touch frames people edited or frames of completed jobs."""
         by_task: dict[int, list[PushItem]] = {}
         for it in changed:
             by_task.setdefault(placed[it.item_id][0], []).append(it)
-        replaced: list[PushItem] = []
-        kept: list[PushItem] = []
+        plans: list[SyncPlan] = []
         for task_id in sorted(by_task):
             task = tasks[task_id]
             anns = self.conn.retry(f"annotations of task {task_id}", task.get_annotations)
-            shapes = [(int(s.id), int(s.frame), _str(s.source)) for s in anns.shapes]
-            todo, keep, stale = plan_replacement(by_task[task_id], placed, shapes)
-            kept.extend(keep)
-            if stale:
-                self.conn.retry(f"removal of {len(stale)} old shapes in task {task_id}",
-                                functools.partial(task.remove_annotations, ids=stale))
-            frames = {it.item_id: placed[it.item_id][1] for it in todo}
-            self._add_shapes(task, frames, todo, label_id)
-            replaced.extend(todo)
-        return replaced, kept
+            shapes = [ServerShape(int(s.id), int(s.frame), _str(s.source), _str(s.type), int(s.label_id),
+                                  tuple(float(p) for p in (s.points or []))) for s in anns.shapes]
+            jobs = self.conn.retry(f"job list of task {task_id}", task.get_jobs)
+            locked = {f for job in jobs if _str(job.state) == "completed"
+                      for f in range(int(job.start_frame), int(job.stop_frame) + 1)}
+            expected = {it.item_id: [shape_signature(r.type.value if hasattr(r.type, "value") else str(r.type),
+                                                     int(r.label_id), r.points)
+                                     for r in self._shape_requests(it, 0, label_id)]
+                        for it in by_task[task_id]}
+            plan = plan_sync(by_task[task_id], placed, shapes, expected, known, locked)
+            if plan.stale:
+                self.conn.retry(f"removal of {len(plan.stale)} old shapes in task {task_id}",
+                                functools.partial(task.remove_annotations, ids=list(plan.stale)))
+            frames = {it.item_id: placed[it.item_id][1] for it in plan.replace}
+            self._add_shapes(task, frames, plan.replace, label_id)
+            plans.append(plan)
+        return SyncPlan(*(tuple(x for p in plans for x in getattr(p, f)) for f in
+                          ("replace", "identical", "kept", "adopted", "stale")))
 
     # ---- pull
 

@@ -12,8 +12,11 @@ Talks to the Label Studio REST API (tested against 1.23.2) with ``requests``:
   :func:`pipeline.annotation.formats_labelstudio.annotations_from_task` (the same code that reads a JSON
   export) and :func:`pipeline.annotation.files.resolve_corrections`.
 
-Every request is retried on connection errors, timeouts and 5xx answers with exponential backoff
-(``max_retries``, ``backoff_s``); then a :class:`~pipeline.core.errors.UserError` names the URL and what failed.
+Requests go through the shared HTTP layer (:mod:`pipeline.annotation.http`): idempotent ones are retried on
+connection errors, timeouts and 429/5xx with exponential backoff (``max_retries``, ``backoff_s``); a request that
+creates something is never blindly repeated: after an ambiguous failure of the bulk import, push reads the
+project's tasks back by ``data.item_id`` and sends only the missing ones. Then a
+:class:`~pipeline.core.errors.UserError` names the URL (credentials removed) and what failed.
 A rejected token gives an authentication error naming the environment variable, never the token.
 """
 
@@ -32,6 +35,16 @@ from typing import Any, Literal
 from xml.sax.saxutils import quoteattr
 
 from pipeline.annotation.base import PullOutcome, PushItem, PushOutcome, ReceiptRow
+from pipeline.annotation.http import (
+    AmbiguousRequest,
+    HttpParams,
+    is_idempotent,
+    make_session,
+    may_have_arrived,
+    redact,
+    register_secret,
+    safe_url,
+)
 from pipeline.annotation.labelstudio_ml import AssistParams
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
@@ -116,34 +129,44 @@ def label_config(params: LabelStudioParams) -> str:
 
 
 class LabelStudioClient:
-    """A thin REST client: token auth, bounded retries with exponential backoff, clear errors."""
+    """A thin REST client: token auth, the shared retry policy of :mod:`pipeline.annotation.http` (idempotent
+    requests retried, creating requests never blindly repeated), clear errors without secrets."""
 
     def __init__(self, url: str, token: str, token_env: str = "LABEL_STUDIO_API_KEY", timeout_s: float = 60.0,
                  max_retries: int = 4, backoff_s: float = 0.5) -> None:
-        import requests
-
         self.url = url.rstrip("/")
         self.token_env = token_env
+        self.http = HttpParams(timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s)
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self.session = requests.Session()
+        self.session = make_session(self.http, server="Label Studio")
         # legacy tokens are 40 hex chars; personal access tokens are JWTs exchanged for a Bearer token
         self._token = token
+        register_secret(token)
         self._bearer = token.count(".") == 2
         if not self._bearer:
             self.session.headers["Authorization"] = f"Token {token}"
 
     def __repr__(self) -> str:  # never show the token
-        return f"LabelStudioClient({self.url!r})"
+        return f"LabelStudioClient({safe_url(self.url)!r})"
+
+    @property
+    def shown_url(self) -> str:
+        """The server URL for messages (credentials in it removed)."""
+        return safe_url(self.url)
 
     def _ensure_auth(self) -> None:
         if self._bearer and "Authorization" not in self.session.headers:
             data = self._send("POST", "/api/token/refresh", json={"refresh": self._token}, auth=False)
+            register_secret(str(data["access"]))
             self.session.headers["Authorization"] = f"Bearer {data['access']}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request; returns the decoded JSON (None for an empty body)."""
+        """Send a request; returns the decoded JSON (None for an empty body).
+
+        Raises :class:`~pipeline.annotation.http.AmbiguousRequest` when a POST/PATCH may have reached the server
+        but its answer was lost (the caller reads back what exists), :class:`UserError` otherwise."""
         self._ensure_auth()
         return self._send(method, path, **kwargs)
 
@@ -151,36 +174,36 @@ class LabelStudioClient:
         import requests
 
         url = f"{self.url}{path}"
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                log.warning("Label Studio %s %s failed (%s); retry %d/%d in %.1f s", method, path, last, attempt,
-                            self.max_retries, delay)
-                time.sleep(delay)
-            try:
-                resp = self.session.request(method, url, timeout=self.timeout_s, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last = type(exc).__name__
-                continue
-            if resp.status_code in (401, 403):
-                raise UserError(
-                    f"Label Studio at {self.url} rejected the API token (HTTP {resp.status_code} on {path}); "
-                    f"set a valid token in the environment variable {self.token_env} (or .env)"
-                )
-            if resp.status_code >= 500 or resp.status_code == 429:
-                last = f"HTTP {resp.status_code}"
-                continue
-            if resp.status_code >= 400:
-                raise UserError(f"Label Studio at {self.url}: {method} {path} failed with HTTP {resp.status_code}: "
-                                f"{resp.text[:500]}")
-            if not resp.content:
-                return None
-            return resp.json()
-        raise UserError(
-            f"Label Studio at {self.url} is unreachable: {method} {path} failed {self.max_retries + 1} times "
-            f"({last}); is the server running? (nothing is lost: re-run the command when it is back)"
-        )
+        try:
+            resp = self.session.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            why = redact(type(exc).__name__)
+            if not is_idempotent(method) and may_have_arrived(exc):
+                raise AmbiguousRequest(method, path, why) from None
+            tries = self.max_retries + 1 if is_idempotent(method) or not may_have_arrived(exc) else 1
+            raise UserError(
+                f"Label Studio at {self.shown_url} is unreachable: {method} {path} failed {tries} times "
+                f"({why}); is the server running? (nothing is lost: re-run the command when it is back)"
+            ) from None
+        if resp.status_code in (401, 403):
+            raise UserError(
+                f"Label Studio at {self.shown_url} rejected the API token (HTTP {resp.status_code} on {path}); "
+                f"set a valid token in the environment variable {self.token_env} (or .env)"
+            )
+        if resp.status_code >= 500 or resp.status_code == 429:
+            if not is_idempotent(method):
+                raise AmbiguousRequest(method, path, f"HTTP {resp.status_code}")
+            raise UserError(
+                f"Label Studio at {self.shown_url} is unreachable: {method} {path} failed {self.max_retries + 1} "
+                f"times (HTTP {resp.status_code}); is the server running? (nothing is lost: re-run the command "
+                "when it is back)"
+            )
+        if resp.status_code >= 400:
+            raise UserError(redact(f"Label Studio at {self.shown_url}: {method} {path} failed with HTTP "
+                                   f"{resp.status_code}: {resp.text[:500]}", extra=(self._token,)))
+        if not resp.content:
+            return None
+        return resp.json()
 
     def paged(self, path: str, params: Mapping[str, Any], key: str, page_size: int) -> list[dict[str, Any]]:
         """All rows of a paginated list endpoint (``page`` / ``page_size``)."""
@@ -237,11 +260,17 @@ class LabelStudioBackend:
         config = label_config(self.params)
         project = self.find_project()
         if project is None:
-            project = self.client.request("POST", "/api/projects", json={
-                "title": self.params.project_title, "label_config": config,
-                "description": "maskloop pre-annotations (tasks ordered by uncertainty, highest first)",
-                "maximum_annotations": 1, "show_collab_predictions": True,
-            })
+            try:
+                project = self.client.request("POST", "/api/projects", json={
+                    "title": self.params.project_title, "label_config": config,
+                    "description": "maskloop pre-annotations (tasks ordered by uncertainty, highest first)",
+                    "maximum_annotations": 1, "show_collab_predictions": True,
+                })
+            except AmbiguousRequest as exc:  # created or not? read back instead of creating a second one
+                log.warning("Label Studio: %s; looking the project up instead of creating it again", exc)
+                project = self.find_project()
+                if project is None:
+                    raise self._unsettled(exc) from None
             log.info("created Label Studio project %r (id %s)", self.params.project_title, project["id"])
         elif project.get("label_config", "").strip() != config.strip():
             project = self.client.request("PATCH", f"/api/projects/{project['id']}", json={"label_config": config})
@@ -354,8 +383,54 @@ class LabelStudioBackend:
         return {"image": image, "item_id": item.item_id, "uncertainty": round(float(item.uncertainty), 6),
                 "review_note": item.review_note, "digest": item.digest()}
 
+    def _unsettled(self, exc: AmbiguousRequest) -> UserError:
+        return UserError(
+            f"Label Studio at {self.client.shown_url}: {exc.method} {exc.path} failed after it may have reached the "
+            f"server ({exc.why}); it is never repeated blindly. Re-run `maskloop push` when the server is healthy: "
+            "it reads back what exists and sends only what is missing"
+        )
+
+    def _import_once(self, pid: int, chunk: Sequence[PushItem], payload: list[dict[str, Any]]) -> dict[str, int]:
+        """Create one task per item of ``chunk`` (bulk import), exactly once: after an ambiguous failure (the server
+        may have created the tasks, the answer was lost) the project's tasks are read back by ``data.item_id``
+        and only the missing items are sent again. Returns item_id -> task id."""
+        entries = {it.item_id: entry for it, entry in zip(chunk, payload, strict=True)}
+        todo = [it.item_id for it in chunk]
+        found: dict[str, int] = {}
+        for attempt in range(self.params.max_retries + 1):
+            try:
+                resp = self.client.request("POST", f"/api/projects/{pid}/import",
+                                           params={"return_task_ids": "true"}, json=[entries[i] for i in todo])
+            except AmbiguousRequest as exc:
+                if attempt == self.params.max_retries:
+                    raise self._unsettled(exc) from None
+                log.warning("Label Studio: %s; reading back the project's tasks before sending anything again", exc)
+                time.sleep(self.params.backoff_s * 2**attempt)
+                on_server = {item_id: int(t["id"]) for t in self.tasks(pid, fields="task_only")
+                             for item_id, _ in [_task_row(t)] if item_id in entries}
+                found.update({i: on_server[i] for i in todo if i in on_server})
+                todo = [i for i in todo if i not in on_server]
+                if not todo:
+                    break
+                log.warning("Label Studio: %d of %d tasks of this chunk were created; sending the %d missing",
+                            len(entries) - len(todo), len(entries), len(todo))
+                continue
+            ids = resp.get("task_ids") or []
+            if len(ids) != len(todo):
+                raise UserError(f"Label Studio import into project {pid} returned {len(ids)} task ids for "
+                                f"{len(todo)} tasks")
+            found.update({i: int(t) for i, t in zip(todo, ids, strict=True)})
+            break
+        return found
+
     # ---- interface
     def push(self, items: Sequence[PushItem], receipt: Sequence[ReceiptRow]) -> PushOutcome:
+        try:
+            return self._push(items, receipt)
+        except AmbiguousRequest as exc:  # any other creating request: never repeated blindly
+            raise self._unsettled(exc) from None
+
+    def _push(self, items: Sequence[PushItem], receipt: Sequence[ReceiptRow]) -> PushOutcome:
         project = self.ensure_project()
         pid = int(project["id"])
         existing: dict[str, tuple[int, str]] = {}
@@ -382,14 +457,7 @@ class LabelStudioBackend:
                 if pred is not None:
                     entry["predictions"] = [pred]
                 payload.append(entry)
-            resp = self.client.request("POST", f"/api/projects/{pid}/import", params={"return_task_ids": "true"},
-                                       json=payload)
-            ids = resp.get("task_ids") or []
-            if len(ids) != len(chunk):
-                raise UserError(f"Label Studio import into project {pid} returned {len(ids)} task ids for "
-                                f"{len(chunk)} tasks")
-            for it, tid in zip(chunk, ids, strict=True):
-                task_ids[it.item_id] = int(tid)
+            task_ids.update(self._import_once(pid, chunk, payload))
             log.info("pushed %d/%d new tasks", min(start + len(chunk), len(new)), len(new))
 
         if changed:
@@ -452,7 +520,7 @@ class LabelStudioBackend:
 
         project = self.find_project()
         if project is None:
-            raise UserError(f"Label Studio at {self.client.url} has no project titled {self.params.project_title!r}; "
+            raise UserError(f"Label Studio at {self.client.shown_url} has no project titled {self.params.project_title!r}; "
                             "run `maskloop push` first")
         pid = int(project["id"])
         tasks = self.tasks(pid)
@@ -480,9 +548,9 @@ class LabelStudioBackend:
     def status(self) -> Mapping[str, Any]:
         project = self.find_project()
         if project is None:
-            return {"backend": BACKEND, "url": self.client.url, "project": None}
+            return {"backend": BACKEND, "url": self.client.shown_url, "project": None}
         tasks = self.tasks(int(project["id"]), fields="task_only")
-        return {"backend": BACKEND, "url": self.client.url, "project": project["id"], "tasks": len(tasks),
+        return {"backend": BACKEND, "url": self.client.shown_url, "project": project["id"], "tasks": len(tasks),
                 "annotated": sum(1 for t in tasks if int(t.get("total_annotations") or 0) > 0)}
 
 

@@ -259,7 +259,7 @@ def pixel_points(points: Sequence[PercentPoint], width: int, height: int,
     for i, p in enumerate(points):
         if not (0.0 <= p.x <= 100.0 and 0.0 <= p.y <= 100.0):
             raise ClickOutsideImage(
-                f"item {item_id}: click {i} at x={p.x:.3g}%, y={p.y:.3g}% lies outside the {width}x{height} image",
+                f"item {item_id}: click {i} at x={p.x:.6g}%, y={p.y:.6g}% lies outside the {width}x{height} image",
                 item_id,
             )
         out.append((*to_pixel(p.x, p.y, width, height), p.positive))
@@ -358,21 +358,24 @@ def connect_backend(client: Any, project_id: int, params: AssistParams) -> int:
         if any(backend.get(k) != v for k, v in fields.items()):
             backend = client.request("PATCH", f"/api/ml/{backend['id']}", json=fields) or backend
     else:
+        from pipeline.annotation.http import AmbiguousRequest
+
         try:
             backend = client.request("POST", "/api/ml", json={"url": url, "project": project_id, **fields,
                                                               "auto_update": True})
-        except UserError as exc:
+        except (UserError, AmbiguousRequest) as exc:  # refused, or the answer was lost: read back what exists
             # Label Studio 1.23 also creates a training webhook for every new ML backend and refuses it (HTTP 403,
             # SSRF protection) for a loopback/private URL after the backend itself was connected: that is fine,
             # maskloop trains in its own pipeline and needs no webhook
             again = [b for b in client.request("GET", "/api/ml", params={"project": project_id}) or []
                      if str(b.get("url", "")).rstrip("/") == url]
             if again:
-                log.info("connected the assist backend %s (Label Studio refused its training webhook: not needed)", url)
+                log.info("assist backend %s is connected (Label Studio answered %s: its training webhook, not needed)",
+                         url, type(exc).__name__)
                 return _finish_connect(client, project_id, again[0], before)
             raise UserError(
-                f"annotation.labelstudio.assist is enabled, but Label Studio at {client.url} could not connect the "
-                f"assist backend at {url}: start `maskloop assist` where the Label Studio server reaches that URL "
+                f"annotation.labelstudio.assist is enabled, but Label Studio at {client.shown_url} could not connect "
+                f"the assist backend at {url}: start `maskloop assist` where the Label Studio server reaches that URL "
                 "(a loopback or private address also needs ML_BLOCK_LOCAL_IP=false in the Label Studio server's "
                 f"environment), then push again. Label Studio said: {str(exc)[-400:]}"
             ) from exc

@@ -207,7 +207,8 @@ def status_lines(paths: Paths) -> list[str]:
         lines.append(f"test: {t.get('items')} items, IoU {t.get('iou')}, boundary F {t.get('boundary_f')}")
         for version, e in m.get("effort", {}).items():
             lines.append(f"    effort {version}: {e['items']} items, {e['accepted_unchanged']:.0%} accepted unchanged, "
-                         f"mean IoU {e['mean_iou']:.3f}, {e['mean_pixels_changed']:.0f} px changed")
+                         f"mean IoU {e['mean_iou']:.3f}, {e['mean_pixels_changed']:.0f} px changed"
+                         + (f", simulated NoC@90 {e['mean_noc90']:.1f} clicks" if e.get("mean_noc90") is not None else ""))
     lin = Path(paths.promoted) / LINEAGE_NAME
     if lin.is_file():
         doc = io.read_json(lin)

@@ -1,8 +1,10 @@
 """``maskloop review`` (start the review dashboard) and ``maskloop review-export`` (the ``decisions`` stage).
 
-``maskloop review`` runs the Streamlit app :mod:`dashboards.review` bound to 127.0.0.1 by default (the
-dashboard has no login: expose it on another interface only behind an authenticating proxy). Decisions go to
-the SQLite database ``paths.review_db``.
+``maskloop review`` runs the Streamlit app :mod:`dashboards.review` bound to 127.0.0.1 by default. With reviewers
+added by ``maskloop review-users add NAME`` (token hashes in a git-ignored file, :mod:`dashboards.auth`) the app
+shows nothing until a reviewer signs in with their token, records decisions under that name, and may be bound
+to other interfaces; without reviewers it refuses any non-loopback ``--host``. Decisions go to the SQLite
+database ``paths.review_db``.
 
 ``maskloop review-export`` copies every decision from that database to ``paths.decisions`` (Parquet, schema
 :mod:`qa.decisions`), the file DVC tracks and ``curate`` / ``push`` read. Without a database it keeps an
@@ -31,6 +33,19 @@ APP_FILE = Path(__file__).resolve().parents[2] / "dashboards" / "review.py"
 # environment variables the Streamlit app reads (Streamlit passes no typed arguments to a script)
 ENV_PARAMS = "MASKLOOP_PARAMS"
 ENV_REVIEWER = "MASKLOOP_REVIEWER"
+
+
+def users_path(params_path: Path, given: Path | None = None) -> Path:
+    """The reviewer users file: ``given``, else ``$MASKLOOP_REVIEW_USERS``, else ``.maskloop/review_users.json``
+    next to the params file (git-ignored)."""
+    from dashboards.auth import DEFAULT_USERS_FILE, ENV_USERS_FILE
+
+    if given is not None:
+        return Path(given).resolve()
+    env = os.environ.get(ENV_USERS_FILE, "").strip()
+    if env:
+        return Path(env).resolve()
+    return Path(params_path).resolve().parent / DEFAULT_USERS_FILE
 
 
 def default_reviewer() -> str:
@@ -132,24 +147,44 @@ def register(app: typer.Typer) -> None:
     def review(
         params: Annotated[Path, typer.Option("--params", "-p", help="params file.")] = DEFAULT_PARAMS,
         host: Annotated[
-            str, typer.Option("--host", help="interface to bind; the dashboard has no login, keep it local.")
+            str, typer.Option("--host", help="interface to bind; beyond loopback only with reviewer sign-in "
+                                             "(`maskloop review-users add NAME`).")
         ] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="port to listen on.")] = 8501,
         reviewer: Annotated[
             str, typer.Option("--reviewer", help="your name in the decision log (default $MASKLOOP_REVIEWER or login).")
         ] = "",
         browser: Annotated[bool, typer.Option("--browser/--no-browser", help="open a browser tab.")] = False,
+        users_file: Annotated[
+            Path | None, typer.Option("--users-file", help="reviewer token hashes (default "
+                                      "$MASKLOOP_REVIEW_USERS or .maskloop/review_users.json next to params.yaml).")
+        ] = None,
     ) -> None:
         """Open the QA review dashboard: work through flagged items, accept / fix / reject with a reason."""
 
         def start() -> None:
+            from dashboards import auth
+
             params_path = Path(params).resolve()
             paths = load_paths(params_path)
             db, decisions = resolve(paths, params_path)
-            seed_from_export(db, decisions)
             if not 0 < port < 65536:
                 raise UserError(f"--port must be in 1..65535, got {port}")
+            ufile = users_path(params_path, users_file)
+            try:
+                users = auth.read_users(ufile)
+            except auth.UsersFileError as exc:
+                raise UserError(str(exc)) from None
+            if not users and not auth.is_loopback(host):
+                raise UserError(f"refusing to serve the review dashboard on {host} without reviewer sign-in: add "
+                                f"reviewers with `maskloop review-users add NAME` (tokens hashed in {ufile}), or "
+                                "keep the default --host 127.0.0.1")
+            seed_from_export(db, decisions)
             env = {**os.environ, ENV_PARAMS: str(params_path), ENV_REVIEWER: reviewer or default_reviewer()}
+            env.pop(auth.ENV_USERS_FILE, None)
+            if users:
+                env[auth.ENV_USERS_FILE] = str(ufile)
+                typer.echo(f"reviewer sign-in required ({len(users)} reviewer(s) in {ufile})")
             typer.echo(f"review dashboard on http://{host}:{port}  (decisions -> {db}; Ctrl+C to stop)")
             try:
                 proc = subprocess.run(streamlit_command(host, port, browser), env=env, check=False)

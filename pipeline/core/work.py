@@ -22,6 +22,7 @@ from pipeline.core import io
 from pipeline.core.code_version import code_digest
 from pipeline.core.hashing import sha256_file, sha256_text
 from pipeline.core.params import params_digest
+from pipeline.core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
         try:
             resource = resource_for(stage)
         except Exception as exc:
-            return ItemOutcome(work.key, "failed", f"setup failed: {type(exc).__name__}: {exc}",
+            return ItemOutcome(work.key, "failed", redact(f"setup failed: {type(exc).__name__}: {exc}"),
                                time.perf_counter() - t0, True, fatal=True)
         try:
             # process sees every input's content digest (hashed once, here): FileInput.digest is always set
@@ -216,7 +217,7 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
             files = {_safe_rel(stage, k): v for k, v in result.files.items()}
             record = dict(result.record)
         except Exception as exc:  # failures are data: recorded per item
-            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")  # reports never hold a secret
             files, record = {}, {}
     root = Path(stage.root)
     for rel in sorted(files):

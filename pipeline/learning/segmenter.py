@@ -68,6 +68,7 @@ class SegmenterMeta:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     lineage: Mapping[str, Any] = field(default_factory=dict)
+    priors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -80,6 +81,16 @@ class SegmenterMeta:
             )
         if not 0.0 < self.threshold < 1.0:
             raise UserError(f"segmenter threshold must be in (0, 1), got {self.threshold}")
+        from pipeline.preannotators.saliency import PRIORS
+
+        unknown = sorted(set(self.priors) - set(PRIORS))
+        if unknown or len(set(self.priors)) != len(self.priors):
+            raise UserError(f"segmenter priors must be distinct names from {sorted(PRIORS)}, got {list(self.priors)}")
+
+    @property
+    def in_channels(self) -> int:
+        """Network input channels: RGB plus one per saliency prior."""
+        return 3 + len(self.priors)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +100,7 @@ class SegmenterMeta:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
             "lineage": dict(self.lineage),
+            "priors": list(self.priors),
         }
 
     @classmethod
@@ -101,6 +113,7 @@ class SegmenterMeta:
                 mean=tuple(float(v) for v in raw.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
                 std=tuple(float(v) for v in raw.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
                 lineage=dict(raw.get("lineage", {})),
+                priors=tuple(str(p) for p in raw.get("priors", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{where}: checkpoint metadata is incomplete or invalid ({exc!r})") from exc
@@ -128,7 +141,7 @@ ARCHS: dict[str, Callable[[int], torch.nn.Module]] = {
 """Architecture name (``train.arch`` in params.yaml) -> builder ``(num_classes) -> nn.Module``."""
 
 
-def build_segmenter(arch: str, pretrained_backbone: Path | None = None) -> torch.nn.Module:
+def build_segmenter(arch: str, pretrained_backbone: Path | None = None, in_channels: int = 3) -> torch.nn.Module:
     """A randomly initialised 1-class segmenter; the model's ``forward(x)["out"]`` is ``(N, 1, h, w)`` logits.
 
     ``pretrained_backbone``: optional local file with MobileNetV3-Large weights, either a torchvision
@@ -140,7 +153,27 @@ def build_segmenter(arch: str, pretrained_backbone: Path | None = None) -> torch
     model = ARCHS[arch](1)
     if pretrained_backbone is not None:
         _load_backbone(model, Path(pretrained_backbone))
+    if in_channels != 3:
+        _widen_input(model, in_channels)
     return model
+
+
+def _widen_input(model: torch.nn.Module, in_channels: int) -> None:
+    """Give the backbone's first convolution ``in_channels`` inputs (RGB + saliency priors): its RGB weights
+    (random or pretrained) are kept, the extra channels start from the layer's default initialisation."""
+    import torch
+
+    if in_channels < 3:
+        raise UserError(f"a segmenter needs at least the 3 RGB input channels, got {in_channels}")
+    first = model.backbone["0"]  # type: ignore[index]
+    conv = first[0]
+    wide = torch.nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           bias=conv.bias is not None)
+    with torch.no_grad():
+        wide.weight[:, :3] = conv.weight
+        if conv.bias is not None:
+            wide.bias.copy_(conv.bias)
+    first[0] = wide
 
 
 def _load_backbone(model: torch.nn.Module, path: Path) -> None:
@@ -265,7 +298,7 @@ def load_segmenter(
             f"{path}: checkpoint was trained at resolution {meta.resolution}, but {expected_resolution} is "
             "configured; retrain or set the resolution to match"
         )
-    model = build_segmenter(meta.arch, None)
+    model = build_segmenter(meta.arch, None, meta.in_channels)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -300,12 +333,25 @@ def normalize(image_rgb: np.ndarray, meta: SegmenterMeta) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def network_input(image_rgb: np.ndarray, meta: SegmenterMeta) -> np.ndarray:
+    """RGB uint8 ``(R, R, 3)`` (already at the network size) -> float32 ``(meta.in_channels, R, R)``: the
+    normalised image, then ``meta.priors`` (:func:`~pipeline.preannotators.saliency.prior_channels`, in [-1, 1]) computed
+    on that same image. Training and inference both go through here."""
+    x = normalize(image_rgb, meta)
+    if not meta.priors:
+        return x
+    from pipeline.preannotators.saliency import prior_channels
+
+    extra = prior_channels(np.ascontiguousarray(image_rgb), tuple(meta.priors)).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.concatenate([x, extra], axis=0), dtype=np.float32)
+
+
 def preprocess(image_rgb: np.ndarray, meta: SegmenterMeta) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` -> float32 ``(3, R, R)`` network input, ``R = meta.resolution``."""
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image_rgb.dtype} {image_rgb.shape}")
     r = meta.resolution
-    return normalize(resize_to(image_rgb, r, r), meta)
+    return network_input(resize_to(image_rgb, r, r), meta)
 
 
 def predict_probability(

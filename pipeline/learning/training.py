@@ -34,7 +34,7 @@ from pipeline.learning.segmenter import (
     MIN_RESOLUTION,
     SegmenterMeta,
     build_segmenter,
-    normalize,
+    network_input,
     resize_to,
 )
 
@@ -102,6 +102,7 @@ class TrainParams:
     threads: int = 0
     loss: LossParams = field(default_factory=LossParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
+    priors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -118,6 +119,10 @@ class TrainParams:
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        from pipeline.preannotators.saliency import PRIORS
+
+        if not set(self.priors) <= set(PRIORS) or len(set(self.priors)) != len(self.priors):
+            raise ValueError(f"priors must be distinct names from {sorted(PRIORS)}, got {list(self.priors)}")
 
 
 # --------------------------------------------------------------------------- data
@@ -220,7 +225,7 @@ def make_batch(samples: list[Sample], order: np.ndarray, meta: SegmenterMeta, pa
         if s.composites and rng.random() < params.background_swap:
             image, mask = s.composites[int(rng.integers(0, len(s.composites)))]
         image, mask = augment(image, mask, params, rng)
-        xs.append(normalize(image, meta))
+        xs.append(network_input(image, meta))
         ys.append(mask[None])
     return np.stack(xs), np.stack(ys)
 
@@ -331,8 +336,8 @@ def fit(train: list[Sample], val: list[Sample], params: TrainParams, lineage: di
         torch.set_num_threads(params.threads)
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
-    meta = SegmenterMeta(arch=params.arch, resolution=params.resolution, lineage=lineage)
-    model = build_segmenter(params.arch, params.pretrained_backbone).to(device)
+    meta = SegmenterMeta(arch=params.arch, resolution=params.resolution, lineage=lineage, priors=params.priors)
+    model = build_segmenter(params.arch, params.pretrained_backbone, meta.in_channels).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
     total = steps_per_epoch * params.epochs
@@ -346,11 +351,11 @@ def fit(train: list[Sample], val: list[Sample], params: TrainParams, lineage: di
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     curve: list[dict[str, float | int | None]] = []
-    val_x = np.stack([normalize(s.image, meta) for s in val]) if val else None
+    val_x = np.stack([network_input(s.image, meta) for s in val]) if val else None
     val_y = np.stack([s.mask[None] for s in val]) if val else None
     rng_bn = np.random.default_rng(params.seed + 1)
     bn_idx = np.sort(rng_bn.permutation(len(train))[:BN_SAMPLES])
-    bn_x = np.stack([normalize(train[int(i)].image, meta) for i in bn_idx])
+    bn_x = np.stack([network_input(train[int(i)].image, meta) for i in bn_idx])
     for epoch in range(1, params.epochs + 1):
         t0 = time.perf_counter()
         model.train()

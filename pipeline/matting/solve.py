@@ -13,10 +13,17 @@ solves for the unknown pixels. The rows of that system that matter only involve 
    the known pixels' terms to the right-hand side;
 4. splits a region larger than ``tile_px`` into square **tiles with margins** (the tile core is kept,
    the margin only supplies context), when tiling is enabled;
-5. solves each system with pymatting's thresholded incomplete Cholesky + conjugate gradients.
+5. solves each system with a sparse direct solver, pymatting's thresholded incomplete Cholesky +
+   conjugate gradients, or (default) conjugate gradients preconditioned by a **two-level overlapping
+   Schwarz** method (:func:`solve_schwarz`): the band is cut into ``schwarz_tile_px`` tiles, each
+   tile's unknowns plus ``schwarz_overlap_px`` pixels around it are factorised exactly (sparse LU of the
+   principal submatrix), and a coarse space of one constant per tile (Nicolaides) carries the smooth,
+   long-range part of the solution that tiles alone cannot. CG then converges to the *exact* solution of
+   the whole band: tiles only precondition, they never cut the system, so there are no seams.
 
-Without tiling the result equals the full-frame solve up to the CG tolerance; with tiling, pixels near
-a tile seam differ slightly (the measured effect on SAD is in ``benchmarks/README.md``).
+Without approximate tiling (``tile_px = 0``) every mode solves the same system as the full-frame solve
+(to the solver tolerance); ``tile_px > 0`` cuts regions into independent tiles, which costs accuracy at
+the seams (measured in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ FG, UNKNOWN, BG = 255, 128, 0
 # Sparse LU beats incomplete Cholesky + CG on band-shaped systems up to about this many unknowns
 # (2.6x on a 66k-pixel band tile); on large blob-shaped unknown regions its fill grows faster and CG wins.
 AUTO_DIRECT_MAX = 100_000
+LINEAR_SOLVERS = ("auto", "direct", "cg", "schwarz")
 
 
 class SolverError(RuntimeError):
@@ -282,6 +290,186 @@ def solve_spd(A: object, b: np.ndarray, rtol: float, maxiter: int, where: str, m
     return out
 
 
+@dataclass(frozen=True)
+class SchwarzStats:
+    """What one Schwarz-preconditioned solve did (for logs and benchmarks)."""
+
+    unknowns: int
+    tiles: int
+    iterations: int
+    residual: float
+
+
+def schwarz_tiles(uy: np.ndarray, ux: np.ndarray, tile_px: int, overlap_px: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Overlapping subdomains of the unknowns at pixel positions ``(uy, ux)`` (int arrays, length ``n``).
+
+    The bounding box of the unknowns is cut into ``tile_px`` squares; tile ``t`` *owns* the unknowns in
+    its square (``owner[i] == t``; every unknown has exactly one owner) and *solves* those within
+    ``overlap_px`` pixels (Chebyshev) of the square. Returns the sorted unknown indices of each tile and
+    ``owner`` (int64 ``(n,)``, tiles numbered 0.. in row-major order, empty squares dropped).
+    """
+    y0, x0 = int(uy.min()), int(ux.min())
+    h, w = int(uy.max()) - y0 + 1, int(ux.max()) - x0 + 1
+    index = np.full((h, w), -1, dtype=np.int64)
+    index[uy - y0, ux - x0] = np.arange(uy.size, dtype=np.int64)
+    nx = -(-w // tile_px)
+    cell = ((uy - y0) // tile_px) * nx + (ux - x0) // tile_px
+    cells, owner = np.unique(cell, return_inverse=True)
+    tiles = []
+    for c in cells:
+        ty, tx = int(c) // nx * tile_px, int(c) % nx * tile_px
+        box = index[max(ty - overlap_px, 0) : ty + tile_px + overlap_px, max(tx - overlap_px, 0) : tx + tile_px + overlap_px]
+        tiles.append(np.sort(box[box >= 0]))
+    return tiles, owner.astype(np.int64).ravel()
+
+
+# bytes of single-precision SuperLU factors per subdomain unknown (measured on 3x alphamatting bands with
+# 256 px tiles and 16 px overlap: 1.45 KB on GT07, 1.86 KB on GT04's wide fur band); chooses the local level
+LU_BYTES_PER_UNKNOWN = 1900
+
+
+def coarse_space(uy: np.ndarray, ux: np.ndarray, owner: np.ndarray, colours: np.ndarray | None) -> Any:
+    """The coarse basis ``Z`` (sparse ``(n, k)``): per tile the indicator of the unknowns it owns and, when
+    ``colours`` (float ``(n, 3)``) is given, also the owned unknowns' colours minus the tile's mean colour:
+    the locally affine-in-colour functions the matting Laplacian nearly annihilates (its near null space)."""
+    import scipy.sparse
+
+    n = owner.size
+    nt = int(owner.max()) + 1
+    if colours is None:
+        return scipy.sparse.csr_matrix((np.ones(n), (np.arange(n), owner)), shape=(n, nt))
+    count = np.bincount(owner, minlength=nt).astype(np.float64)
+    mean = np.stack([np.bincount(owner, colours[:, c], minlength=nt) / count for c in range(3)], axis=1)
+    vals = np.concatenate([np.ones((n, 1)), colours - mean[owner]], axis=1)
+    cols = 4 * owner[:, None] + np.arange(4)[None, :]
+    return scipy.sparse.csr_matrix((vals.ravel(), (np.repeat(np.arange(n), 4), cols.ravel())), shape=(n, 4 * nt))
+
+
+def _coarse_solver(mat: Any, Z: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``v -> Z (Z^T A Z)^-1 Z^T v`` (Cholesky of the small Galerkin matrix, a tiny shift for rank safety)."""
+    import scipy.linalg
+
+    A0 = np.asarray((Z.T @ (mat @ Z)).todense())
+    A0 += np.eye(A0.shape[0]) * 1e-12 * float(np.abs(np.diag(A0)).max())
+    try:
+        factor = scipy.linalg.cho_factor(A0)
+        return lambda v: Z @ scipy.linalg.cho_solve(factor, Z.T @ v)  # type: ignore[no-any-return]
+    except np.linalg.LinAlgError:
+        pinv = np.linalg.pinv(A0)
+        return lambda v: Z @ (pinv @ (Z.T @ v))  # type: ignore[no-any-return]
+
+
+def solve_schwarz(
+    A: object,
+    b: np.ndarray,
+    uy: np.ndarray,
+    ux: np.ndarray,
+    where: str,
+    tile_px: int = 256,
+    overlap_px: int = 16,
+    rtol: float = 1e-6,
+    maxiter: int = 500,
+    threads: int = 1,
+    colours: np.ndarray | None = None,
+    memory_mb: float = 1100.0,
+) -> tuple[np.ndarray, SchwarzStats]:
+    """Solve ``A x = b`` (sparse SPD, one row per unknown pixel at ``(uy[i], ux[i])``) by conjugate
+    gradients with a two-level preconditioner; stops when ``|b - A x| <= rtol |b|``.
+
+    Local level, chosen by memory: when the region's single-precision LU factors fit ``memory_mb``
+    (estimated at :data:`LU_BYTES_PER_UNKNOWN`), **additive Schwarz**: :func:`schwarz_tiles` subdomains,
+    each factorised exactly (SuperLU of ``A[idx][:, idx]`` in float32, symmetric mode), coarse level one
+    constant per tile. Otherwise (wide bands of large photos) a **thresholded incomplete Cholesky** of the
+    whole region (pymatting's ``ichol``, threshold 1e-3, a tenth of the memory) with a richer coarse
+    level: per 64 px tile a constant and the three colour channels (``colours``, float ``(n, 3)``; see
+    :func:`coarse_space`). Both levels are added: ``M^-1 = local^-1 + Z (Z^T A Z)^-1 Z^T``. CG uses the
+    flexible (Polak-Ribiere) update, robust to the single-precision local solves. A system that fits one
+    tile is solved directly. Returns ``x`` (float64 ``(n,)``) and :class:`SchwarzStats`; raises
+    :class:`SolverError` naming ``where`` on a failed factorisation or no convergence within ``maxiter``.
+    """
+    import scipy.sparse
+    import scipy.sparse.linalg as sla
+
+    n = b.size
+    if n == 0:
+        return b.copy(), SchwarzStats(0, 0, 0, 0.0)
+    mat: Any = scipy.sparse.csr_matrix(A)
+    tiles, owner = schwarz_tiles(uy, ux, tile_px, overlap_px)
+    if len(tiles) == 1:
+        x = solve_spd(mat, b, rtol, maxiter, where, method="direct")
+        return x, SchwarzStats(n, 1, 0, 0.0)
+    local: Callable[[np.ndarray], np.ndarray]
+    if sum(t.size for t in tiles) * LU_BYTES_PER_UNKNOWN <= memory_mb * 2**20:
+        def factor(idx: np.ndarray) -> Any:
+            sub = scipy.sparse.csc_matrix(mat[idx][:, idx], dtype=np.float32)
+            try:
+                return sla.splu(sub, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True})
+            except (RuntimeError, MemoryError) as exc:
+                raise SolverError(f"{where}: Schwarz subdomain factorisation failed ({exc}); "
+                                  "try matte.linear_solver: cg") from exc
+
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                lus = list(pool.map(factor, tiles))
+        else:
+            lus = [factor(idx) for idx in tiles]
+
+        def local_lu(r: np.ndarray) -> np.ndarray:
+            z = np.zeros_like(r)
+            r32 = r.astype(np.float32)
+            for idx, lu in zip(tiles, lus, strict=True):
+                z[idx] += lu.solve(r32[idx])
+            return z
+
+        local = local_lu
+        Z = coarse_space(uy, ux, owner, None)
+        n_tiles = len(tiles)
+    else:
+        from pymatting import ichol
+
+        try:
+            local = ichol(scipy.sparse.csc_matrix(mat), discard_threshold=1e-3,
+                          shifts=[1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0])
+        except ValueError as exc:
+            raise SolverError(f"{where}: incomplete Cholesky preconditioner failed: {exc}") from exc
+        small, owner = schwarz_tiles(uy, ux, 64, 0)
+        Z = coarse_space(uy, ux, owner, colours)
+        n_tiles = len(small)
+        del small
+    coarse = _coarse_solver(mat, Z)
+
+    def precondition(r: np.ndarray) -> np.ndarray:
+        return local(r) + coarse(r)
+
+    norm_b = float(np.linalg.norm(b))
+    x = np.zeros(n)
+    if norm_b == 0.0:
+        return x, SchwarzStats(n, n_tiles, 0, 0.0)
+    r = b.copy()
+    z = precondition(r)
+    p = z.copy()
+    rz = float(r @ z)
+    res = 1.0
+    for it in range(1, maxiter + 1):
+        Ap = mat @ p
+        step = rz / float(p @ Ap)
+        x += step * p
+        r -= step * Ap
+        res = float(np.linalg.norm(r)) / norm_b
+        if not np.isfinite(res):
+            raise SolverError(f"{where}: Schwarz-preconditioned CG produced non-finite values")
+        if res <= rtol:
+            return x, SchwarzStats(n, n_tiles, it, res)
+        z_new = precondition(r)
+        rz_new = float(r @ z_new)
+        p = z_new + (float(r @ (z_new - z)) / rz) * p  # flexible (Polak-Ribiere) CG
+        z, rz = z_new, rz_new
+    raise SolverError(
+        f"{where}: Schwarz-preconditioned CG did not reach rtol={rtol:g} within {maxiter} iterations "
+        f"(residual {res:.2e}); raise matte.maxiter or use matte.linear_solver: cg"
+    )
+
+
 # --------------------------------------------------------------------------- regions / tiles
 
 
@@ -341,15 +529,24 @@ def solve_band_cf(
     threads: int = 1,
     where: str = "",
     linear_solver: str = "auto",
+    schwarz_tile_px: int = 256,
+    schwarz_overlap_px: int = 16,
+    schwarz_rtol: float = 1e-6,
+    schwarz_memory_mb: float = 1100.0,
 ) -> np.ndarray:
     """Closed-form alpha solved only in the trimap's unknown band.
 
     ``image``: RGB ``(H, W, 3)`` uint8 (or float in ``[0, 1]``); ``trimap``: uint8 ``(H, W)`` in
     ``{0, 128, 255}``. Returns alpha float64 ``(H, W)`` in ``[0, 1]`` (known pixels straight from the
-    trimap). ``linear_solver``: ``auto``, ``direct`` (sparse LU) or ``cg`` (see :func:`solve_spd`).
-    ``tile_px = 0`` gives the exact band-limited solve; ``threads > 1`` solves regions
-    concurrently (the numba kernels and the ichol factorisation release the GIL).
+    trimap). ``linear_solver``: ``auto``, ``direct`` (sparse LU) or ``cg`` (see :func:`solve_spd`), or
+    ``schwarz`` (:func:`solve_schwarz` with ``schwarz_tile_px``, ``schwarz_overlap_px``,
+    ``schwarz_rtol``, ``schwarz_memory_mb``; at most ``maxiter`` iterations). ``tile_px = 0`` solves each band region as one
+    system (exact up to the solver tolerance); ``tile_px > 0`` cuts regions into independent tiles (an
+    approximation). ``threads > 1`` solves regions concurrently (the numba kernels and the ichol
+    factorisation release the GIL).
     """
+    if linear_solver not in LINEAR_SOLVERS:
+        raise ValueError(f"unknown linear solver {linear_solver!r}; use one of {', '.join(LINEAR_SOLVERS)}")
     img = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)
     unknown = trimap == UNKNOWN
     alpha = (trimap == FG).astype(np.float64)
@@ -360,7 +557,15 @@ def solve_band_cf(
         sub = img[reg.y0 : reg.y1, reg.x0 : reg.x1]
         known = alpha[reg.y0 : reg.y1, reg.x0 : reg.x1]
         A, b = band_system(sub, reg.solve_mask, known, epsilon=epsilon, radius=radius)
-        x = solve_spd(A, b, rtol, maxiter, method=linear_solver, where=f"{where}band region at x={reg.x0}..{reg.x1}, y={reg.y0}..{reg.y1}")
+        at = f"{where}band region at x={reg.x0}..{reg.x1}, y={reg.y0}..{reg.y1}"
+        if linear_solver == "schwarz":
+            uy, ux = np.nonzero(reg.solve_mask)
+            x, stats = solve_schwarz(A, b, uy, ux, at, tile_px=schwarz_tile_px, overlap_px=schwarz_overlap_px,
+                                     rtol=schwarz_rtol, maxiter=maxiter, colours=sub[uy, ux],
+                                     memory_mb=schwarz_memory_mb)
+            log.debug("%s: %d unknowns, %d tiles, %d iterations", at, stats.unknowns, stats.tiles, stats.iterations)
+        else:
+            x = solve_spd(A, b, rtol, maxiter, method=linear_solver, where=at)
         return reg, x
 
     order = sorted(regions, key=lambda g: -g.n_unknown)  # biggest first: better load balance

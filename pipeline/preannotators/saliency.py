@@ -142,3 +142,23 @@ def foreground_core(saliency: np.ndarray, depth: float = 0.5) -> np.ndarray:
     region = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     dist = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 3)
     return dist >= depth * float(dist.max())  # type: ignore[no-any-return]
+
+
+PRIORS = {
+    "mbd": minimum_barrier_distance,
+    "backgroundness": backgroundness,
+}
+"""Saliency cues a segmenter may take as extra input channels (``train.priors``), name -> function of an RGB
+uint8 ``(h, w, 3)`` image returning float32 ``(h, w)`` in [0, 1]."""
+
+
+def prior_channels(image: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The named :data:`PRIORS` of an RGB uint8 ``(h, w, 3)`` image as float32 ``(h, w, len(names))`` in
+    [-1, 1] (``2 p - 1``, centred like normalised image channels). ``names`` empty -> ``(h, w, 0)``."""
+    unknown = sorted(set(names) - set(PRIORS))
+    if unknown:
+        raise ValueError(f"unknown saliency priors {unknown}; choose from {sorted(PRIORS)}")
+    h, w = image.shape[:2]
+    if not names:
+        return np.zeros((h, w, 0), np.float32)
+    return np.stack([2.0 * PRIORS[n](image) - 1.0 for n in names], axis=-1).astype(np.float32)

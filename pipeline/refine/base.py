@@ -267,10 +267,14 @@ class GrabCutRefineParams:
     iterations: int = 3
     click_radius: float = 0.012   # seed disc radius, fraction of the work copy's longer side
     band: float = 0.04            # GrabCut may move the prior's edge this far (fraction of the longer side)
-    release: float = 2.0          # a click frees a disc of release x its distance to the prior's edge
+    release: float = 1.0          # a click frees a disc of release x its distance to the prior's edge
+    max_release: float = 0.15     # ... at most this fraction of the longer side (+ band)
     empty_radius: float = 0.15    # empty canvas: probable foreground this far around positive clicks
     wand: float = 16.0            # a disagreeing click's magic wand: Lab tolerance per channel (0 = off)
     near: float = 0.5             # ... whose part within near x the click's edge distance is a hard label
+    far: float = 0.1              # a positive click this far from the prior (fraction of the longer side) is
+    #                               seeded like on an empty canvas (probable foreground disc of empty_radius)
+    whole_parts: bool = True      # negative click on a separate part: drop it; positive in a hole: may fill it
     min_island_frac: float = 0.1
     refine_radius: int = 2        # guided filter (edge-aware upsampling) at work size; 0 = bilinear
     refine_side: int = 1024
@@ -281,7 +285,7 @@ class GrabCutRefineParams:
             raise ValueError(f"refine.grabcut.work_side must be in [32, 2048], got {self.work_side}")
         if not 1 <= self.iterations <= 20:
             raise ValueError(f"refine.grabcut.iterations must be in [1, 20], got {self.iterations}")
-        for name in ("click_radius", "band", "empty_radius"):
+        for name in ("click_radius", "band", "empty_radius", "max_release", "far"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"refine.grabcut.{name} must be in [0, 1], got {v}")

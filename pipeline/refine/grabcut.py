@@ -177,12 +177,49 @@ def click_labels(
         d_in = cv2.distanceTransform(np.pad(prior.astype(np.uint8), 1, constant_values=0), cv2.DIST_L2, 5)[1:-1, 1:-1]
         d_out = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
         free = np.where(prior, d_in, d_out) <= band
-        for c in clicks:
+        _n_fg, fg_comp, fg_stats, _ = cv2.connectedComponentsWithStats(prior.astype(np.uint8), connectivity=8)
+        _n_bg, bg_comp = cv2.connectedComponents((~prior).astype(np.uint8), connectivity=4)
+        largest_fg = 1 + int(np.argmax(fg_stats[1:, cv2.CC_STAT_AREA]))
+        border_bg = set(np.unique(np.concatenate([bg_comp[0], bg_comp[-1], bg_comp[:, 0], bg_comp[:, -1]])).tolist())
+        handled: set[int] = set()
+        for i, c in enumerate(clicks):
+            if c.positive or not prior[c.y, c.x]:
+                continue
+            # a negative click on a separate foreground part (not the largest, no positive click in it): drop it
+            k = int(fg_comp[c.y, c.x])
+            if params.whole_parts and k != largest_fg and not any(
+                d.positive and fg_comp[d.y, d.x] == k for d in clicks
+            ):
+                part = fg_comp == k
+                labels[part] = cv2.GC_BGD
+                handled.add(i)
+                free |= cv2.dilate(part.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, round(band))) > 0
+        for i, c in enumerate(clicks):
+            if not c.positive or prior[c.y, c.x]:
+                continue
+            # a positive click in an enclosed hole of the prior (no negative click in it): the hole may be filled
+            k = int(bg_comp[c.y, c.x])
+            if params.whole_parts and k not in border_bg and not any(
+                not d.positive and bg_comp[d.y, d.x] == k for d in clicks
+            ):
+                hole = bg_comp == k
+                labels[hole] = cv2.GC_PR_FGD
+                free |= hole
+                handled.add(i)
+        for i, c in enumerate(clicks):
             inside = bool(prior[c.y, c.x])
-            if inside == c.positive:
-                continue  # the click agrees with the prior: a seed, nothing to free
+            if inside == c.positive or i in handled:
+                continue  # agrees with the prior (a seed, nothing to free), or handled as a whole part above
             d = float(d_in[c.y, c.x] if inside else d_out[c.y, c.x])
-            radius = round(params.release * d + band + r_click)
+            if c.positive and d >= params.far * side:
+                # a positive click far from the prior: a new part of the object, seeded as on an empty canvas
+                r_empty = max(r_click, round(params.empty_radius * side))
+                disc = np.zeros((h, w), np.uint8)
+                cv2.circle(disc, (c.x, c.y), 2 * r_empty, 1, -1)
+                free |= disc > 0
+                cv2.circle(labels, (c.x, c.y), r_empty, int(cv2.GC_PR_FGD), -1)
+                continue
+            radius = round(min(params.release * d, params.max_release * side) + band + r_click)
             disc = np.zeros((h, w), np.uint8)
             cv2.circle(disc, (c.x, c.y), radius, 1, -1)
             free |= disc > 0

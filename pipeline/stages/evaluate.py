@@ -8,7 +8,10 @@ map. Empty-vs-empty counts as a perfect score.
 **Correction effort** (from files, no model needed): for every item with both a pre-annotation
 (``paths.preannotate/masks``) and a pulled human correction (``paths.corrections/masks``), grouped by the
 pre-annotating ``model``/``model_version`` (``preannotations.parquet``): fraction of masks accepted
-unchanged, mean IoU(pre-annotation, correction), mean pixels changed per item (and as a fraction of the image).
+unchanged, mean IoU(pre-annotation, correction), mean pixels changed per item (and as a fraction of the image),
+and the **simulated clicks** a click-based annotator would need from the pre-annotation to the correction
+(NoC@85 / NoC@90 with the ``noc_engine`` refinement engine and the standard simulated annotator,
+:mod:`pipeline.refine.effort`; the first ``noc_max_items`` items in id order, 0 = off; docs/refine.md).
 
 Writes ``paths.metrics/evaluate.json`` (DVC metrics), ``paths.evaluate/test_items.parquet`` and
 ``paths.evaluate/effort_items.parquet`` (per item), ``paths.metrics/effort.json`` (DVC plots: one row per
@@ -33,18 +36,28 @@ from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_section
 log = logging.getLogger(__name__)
 
 TEST_COLUMNS = ("item_id", "iou", "fmeasure", "boundary_f", "mae")
-EFFORT_COLUMNS = ("item_id", "model", "model_version", "unchanged", "iou", "pixels_changed", "fraction_changed")
+EFFORT_COLUMNS = ("item_id", "model", "model_version", "unchanged", "iou", "pixels_changed", "fraction_changed",
+                  "noc85", "noc90")
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Section ``evaluate``: ``beta2`` of the F-measure, boundary tolerance (px), device for inference."""
+    """Section ``evaluate``: ``beta2`` of the F-measure, boundary tolerance (px), device for inference; the
+    refinement engine (``refine`` section) and item cap of the simulated-click effort."""
 
     beta2: float = 0.3
     boundary_tolerance_px: int = 2
     device: str = "auto"
+    noc_engine: str = "grabcut"
+    noc_max_items: int = 50
 
     def __post_init__(self) -> None:
+        from pipeline.refine import REFINERS
+
+        if self.noc_engine not in REFINERS:
+            raise ValueError(f"noc_engine {self.noc_engine!r} is not a refine engine; choose one of {sorted(REFINERS)}")
+        if self.noc_max_items < 0:
+            raise ValueError(f"noc_max_items must be >= 0 (0 = off), got {self.noc_max_items}")
         if self.beta2 <= 0:
             raise ValueError(f"beta2 must be > 0, got {self.beta2}")
         if self.boundary_tolerance_px < 0:
@@ -142,8 +155,15 @@ def correction_effort(pre: np.ndarray, corrected: np.ndarray) -> Effort:
     return Effort(changed == 0, iou(p, c), changed, changed / p.size if p.size else 0.0)
 
 
-def summarize_effort(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
-    """Per ``model@model_version``: items, accepted_unchanged (fraction), mean_iou, mean pixels changed."""
+def _mean_present(values: Sequence[Any]) -> float | None:
+    """Mean of the values that are not None/NaN (rounded), None when there is none."""
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return round(float(np.mean(xs)), 3) if xs else None
+
+
+def summarize_effort(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Per ``model@model_version``: items, accepted_unchanged (fraction), mean_iou, mean pixels changed, and
+    the mean simulated NoC@85/NoC@90 over the items that were simulated (``noc_items``; None when none)."""
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault(f"{r['model']}@{r['model_version']}", []).append(r)
@@ -154,9 +174,30 @@ def summarize_effort(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, f
             "mean_iou": round(float(np.mean([r["iou"] for r in g])), 6),
             "mean_pixels_changed": round(float(np.mean([r["pixels_changed"] for r in g])), 3),
             "mean_fraction_changed": round(float(np.mean([r["fraction_changed"] for r in g])), 6),
+            "noc_items": sum(1 for r in g if r.get("noc90") is not None and not np.isnan(float(r["noc90"]))),
+            "mean_noc85": _mean_present([r.get("noc85") for r in g]),
+            "mean_noc90": _mean_present([r.get("noc90") for r in g]),
         }
         for key, g in sorted(groups.items())
     }
+
+
+def add_click_effort(rows: list[dict[str, Any]], paths: Paths, params: EvaluateParams, params_path: Path) -> None:
+    """Fill ``noc85``/``noc90`` of effort ``rows`` (in place) with the simulated clicks of the
+    ``noc_engine`` (settings: the ``refine`` section) for the first ``noc_max_items`` items; NaN elsewhere."""
+    from pipeline.refine.base import load_refine_params
+    from pipeline.refine.effort import effort_clicks
+
+    for r in rows:
+        r["noc85"] = r["noc90"] = float("nan")
+    if not rows or params.noc_max_items == 0:
+        return
+    clicks = effort_clicks(paths, [str(r["item_id"]) for r in rows], load_refine_params(params_path),
+                           params.noc_engine, params.noc_max_items)
+    for r in rows:
+        e = clicks.get(str(r["item_id"]))
+        if e is not None:
+            r["noc85"], r["noc90"] = float(e.noc85), float(e.noc90)
 
 
 def mean_scores(rows: Sequence[MaskScores]) -> dict[str, float | int | None]:
@@ -222,6 +263,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
     params = load_section(params_path, "evaluate", EvaluateParams)
     scores = test_scores(paths, params)
     efforts = effort_rows(paths)
+    add_click_effort(efforts, paths, params, params_path)
     effort = summarize_effort(efforts)
     metrics: dict[str, Any] = {"test": mean_scores([s for _k, s in scores]), "effort": effort}
     out = Path(paths.evaluate)

@@ -8,6 +8,8 @@ their lineage, pre-annotations, corrections and review decisions. Writes under `
     matting/trimap/<id>.png       {0,128,255}            (when the trimap stage produced one)
     matting/alpha/<id>.png        8-bit alpha            (when the matte/composite stages produced one)
     matting/foreground/<id>.png   RGB foreground colour  (items with a matte only)
+    matting/cutout/<id>.png       RGBA cutout: straight foreground colours + alpha, 8 or 16 bit as the
+                                  matte (``matte.alpha_bits``); items with a matte only (pipeline.dataset.cutout)
     coco/<split>.json             COCO instances, one ``foreground`` annotation per image, RLE segmentation
     splits/<split>.txt            file stems of the split (items and their composites)
     splits.parquet                item_id, split, component, fg_fraction, dhash, n_composites
@@ -36,13 +38,14 @@ from pipeline.core.errors import UserError
 from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
 from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.dataset.cutout import cutout, read_alpha_native
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, dhash, near_duplicate_groups
 
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dhash", "n_composites")
 CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
-FOLDERS = ("image", "mask", "trimap", "alpha", "foreground")
+FOLDERS = ("image", "mask", "trimap", "alpha", "foreground", "cutout")
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,9 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
         if fg.shape[:2] != (h, w):
             raise ValueError(f"{work.input('foreground')}: foreground is {fg.shape[1]}x{fg.shape[0]}, expected {w}x{h}")
         files[f"matting/foreground/{name}.png"] = io.encode_png(fg, compression)
+        if "alpha" in work.inputs:
+            cut = cutout(fg, read_alpha_native(work.input("alpha")))
+            files[f"matting/cutout/{name}.png"] = io.encode_png(cut, compression)
     rle = encode_rle(mask)
     area, bbox = rle_area_bbox(rle)
     digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
@@ -444,7 +450,8 @@ def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence
     else:
         lines.append("No pre-annotation table found.")
     lines += ["", "## Files", "", "- `coco/<split>.json`: COCO instances, category `foreground`, RLE segmentation "
-              "(`pycocotools.coco.COCO`).", "- `matting/{image,mask,trimap,alpha,foreground}/<name>.png`; composites "
+              "(`pycocotools.coco.COCO`).", "- `matting/{image,mask,trimap,alpha,foreground}/<name>.png`; "
+              "`matting/cutout/<name>.png`: RGBA, straight foreground colours + alpha (8 or 16 bit, as `matte.alpha_bits`), items with a matte only; composites "
               "are named by composite id and have no `foreground/` file.", "- `splits.parquet`, `splits/<split>.txt`, "
               "`dataset.json`.", ""]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ For every trimap written by the trimap stage (``paths.trimap/trimaps.parquet``):
    some foreground pixels) — a bad trimap fails that item with a reason, the others proceed;
 2. alpha is solved by the solver named in ``matte.solver`` (:data:`SOLVERS`): ``cf`` (closed-form,
    default) builds the matting Laplacian only for the band (:mod:`pipeline.matting.solve`), split into
-   independent regions and, for large regions, tiles with margins; ``knn``, ``lkm``, ``rw``, ``sm`` and
+   independent regions, each solved as a whole by Schwarz-preconditioned conjugate gradients (default); ``knn``, ``lkm``, ``rw``, ``sm`` and
    ``lbdm`` run pymatting's solver on each band region's crop (plus ``region_margin`` pixels). Known
    pixels come straight from the trimap;
 3. foreground colours are estimated with pymatting's multilevel method (``estimate_foreground_ml``), so
@@ -61,11 +61,16 @@ class MatteParams:
     solver: Literal["cf", "knn", "lkm", "rw", "sm", "lbdm"] = "cf"
     epsilon: float = 1e-7           # closed-form regularisation (pymatting's default)
     radius: int = 1                 # closed-form window radius
-    linear_solver: Literal["auto", "direct", "cg"] = "auto"  # cf: sparse LU / incomplete Cholesky + CG
+    # cf: Schwarz-preconditioned CG (exact system, fast) / auto / sparse LU / incomplete Cholesky + CG
+    linear_solver: Literal["schwarz", "auto", "direct", "cg"] = "schwarz"
     rtol: float = 1e-7              # conjugate-gradient relative tolerance (cg solvers)
     maxiter: int = 10000            # conjugate-gradient iterations before "did not converge" (cg solvers)
-    tile_px: int = 512              # split band regions larger than this into tiles (0 = never)
-    tile_margin: int = 32           # context around each tile (pixels)
+    schwarz_tile_px: int = 256      # Schwarz subdomain size (pixels)
+    schwarz_overlap_px: int = 16    # Schwarz subdomain overlap (pixels)
+    schwarz_rtol: float = 1e-6      # Schwarz CG relative residual tolerance
+    schwarz_memory_mb: float = 1100.0  # exact tile factors up to this size, else incomplete Cholesky (MB)
+    tile_px: int = 0                # cut band regions into independent tiles (0 = never; > 0 approximates)
+    tile_margin: int = 32           # context around each independent tile (pixels)
     region_margin: int = 16         # context around each region crop for the non-cf solvers
     threads: int = 1                # regions solved concurrently inside one item
     alpha_bits: Literal[8, 16] = 8
@@ -83,6 +88,13 @@ class MatteParams:
             raise ValueError(f"maxiter must be >= 1, got {self.maxiter}")
         if self.tile_px < 0 or (0 < self.tile_px < 32):
             raise ValueError(f"tile_px must be 0 (no tiling) or >= 32, got {self.tile_px}")
+        if self.schwarz_tile_px < 16 or self.schwarz_overlap_px < 2 * self.radius:
+            raise ValueError(f"schwarz_tile_px must be >= 16 and schwarz_overlap_px >= 2 * radius, got "
+                             f"{self.schwarz_tile_px} and {self.schwarz_overlap_px}")
+        if self.schwarz_memory_mb < 0:
+            raise ValueError(f"schwarz_memory_mb must be >= 0, got {self.schwarz_memory_mb}")
+        if not 0 < self.schwarz_rtol < 1:
+            raise ValueError(f"schwarz_rtol must be in (0, 1), got {self.schwarz_rtol}")
         if self.tile_margin < 2 * self.radius:
             raise ValueError(f"tile_margin must be >= 2 * radius, got {self.tile_margin}")
         if self.region_margin < 0 or self.threads < 1:
@@ -114,6 +126,8 @@ def _solve_cf(image: np.ndarray, trimap: np.ndarray, p: MatteParams) -> np.ndarr
     return solve_band_cf(
         image, trimap, epsilon=p.epsilon, radius=p.radius, rtol=p.rtol, maxiter=p.maxiter,
         tile_px=p.tile_px, tile_margin=p.tile_margin, threads=p.threads, linear_solver=p.linear_solver,
+        schwarz_tile_px=p.schwarz_tile_px, schwarz_overlap_px=p.schwarz_overlap_px, schwarz_rtol=p.schwarz_rtol,
+        schwarz_memory_mb=p.schwarz_memory_mb,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,15 @@ def test_overview_tables(tmp_path: Path) -> None:
     eff = data.correction_effort(proj).set_index("model_version")
     assert eff["items"].sum() == 8 and (eff["corrected"] == eff["items"]).all()
     assert eff["median_lead_time_s"].notna().all()
+    assert eff["simulated_noc90"].isna().all()  # evaluate has not run yet
+    version = str(eff.index[0])
+    (p.root / "metrics").mkdir(exist_ok=True)
+    (p.root / "metrics/effort.json").write_text(json.dumps([
+        {"model_version": f"grabcut@{version}", "mean_pixels_changed": 1234.5, "mean_noc90": 3.25},
+        {"model_version": "other@gone", "mean_pixels_changed": 1.0, "mean_noc90": None},
+    ]))
+    eff = data.correction_effort(proj).set_index("model_version")
+    assert eff.loc[version, "simulated_noc90"] == 3.25 and eff.loc[version, "mean_pixels_changed"] == 1234.5
 
 
 def test_metrics_between_revisions(tmp_path: Path) -> None:

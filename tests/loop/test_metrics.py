@@ -71,6 +71,11 @@ def test_correction_effort_and_summary() -> None:
     rows = [{"model": "m", "model_version": "1", **vars(e)} for e in (same, redrawn)]
     summary = summarize_effort(rows)
     assert summary == {"m@1": {"items": 2, "accepted_unchanged": 0.5, "mean_iou": 0.5, "mean_pixels_changed": 8.0,
-                               "mean_fraction_changed": 0.08}}
+                               "mean_fraction_changed": 0.08, "noc_items": 0, "mean_noc85": None,
+                               "mean_noc90": None}}
+    rows[0].update(noc85=0.0, noc90=0.0)  # simulated clicks (pipeline.refine.effort) on the first item only
+    rows[1].update(noc85=float("nan"), noc90=float("nan"))
+    clicked = summarize_effort(rows)["m@1"]
+    assert (clicked["noc_items"], clicked["mean_noc85"], clicked["mean_noc90"]) == (1, 0.0, 0.0)
     with pytest.raises(ValueError, match="pre-annotation is 10x10 but the correction is 10x5"):
         correction_effort(gt, gt[:5])

@@ -14,6 +14,7 @@ from pipeline.learning.segmenter import (
     SegmenterMeta,
     build_segmenter,
     load_segmenter,
+    network_input,
     predict_probability,
     read_checkpoint_meta,
     save_checkpoint,
@@ -125,3 +126,38 @@ def test_pretrained_backbone_errors(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(UserError, match="no MobileNetV3-Large backbone weights"):
         build_segmenter(ARCH, unrelated)
+
+
+# --------------------------------------------------------------------------- saliency priors as input channels
+
+
+def test_priors_widen_the_input_and_round_trip(tmp_path: Path) -> None:
+    """A segmenter with saliency priors takes RGB + one channel per prior; the RGB weights of the first
+    convolution are kept; the checkpoint remembers the priors and prediction computes them itself."""
+    torch.manual_seed(0)
+    plain = build_segmenter(ARCH)
+    torch.manual_seed(0)
+    wide = build_segmenter(ARCH, None, in_channels=5)
+    w_plain = plain.backbone["0"][0].weight  # type: ignore[index]
+    w_wide = wide.backbone["0"][0].weight  # type: ignore[index]
+    assert tuple(w_wide.shape[:2]) == (w_plain.shape[0], 5)
+    assert torch.equal(w_wide[:, :3], w_plain)
+    meta = SegmenterMeta(ARCH, 64, priors=("mbd", "backgroundness"))
+    assert meta.in_channels == 5
+    path = tmp_path / "wide.pt"
+    save_checkpoint(path, wide, meta)
+    model, loaded = load_segmenter(path, "cpu")
+    assert loaded.priors == ("mbd", "backgroundness") and loaded == meta
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    x = network_input(image[:64, :64], meta)
+    assert x.shape == (5, 64, 64) and x.dtype == np.float32
+    assert float(x[3:].min()) >= -1.0 and float(x[3:].max()) <= 1.0
+    prob = predict_probability(model, loaded, image, "cpu")
+    assert prob.shape == (90, 120) and 0.0 <= float(prob.min()) <= float(prob.max()) <= 1.0
+
+
+def test_unknown_or_repeated_priors_are_refused() -> None:
+    with pytest.raises(UserError, match="priors must be distinct names"):
+        SegmenterMeta(ARCH, 64, priors=("depth",))
+    with pytest.raises(UserError, match="priors must be distinct names"):
+        SegmenterMeta(ARCH, 64, priors=("mbd", "mbd"))

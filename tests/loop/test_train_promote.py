@@ -146,6 +146,11 @@ def test_evaluate_reports_test_metrics_and_correction_effort(trained: Path, monk
     assert io.read_json(trained / "metrics/evaluate.json") == metrics
     table = io.read_parquet(trained / "data/evaluate/effort_items.parquet")
     assert list(table["unchanged"]) == [True, False]
+    # simulated clicks (grabcut refine engine): none for the accepted mask, at least one for the redrawn one
+    noc90 = [float(v) for v in table["noc90"]]
+    assert effort["noc_items"] == 2 and noc90[0] == 0 and noc90[1] >= 1
+    assert effort["mean_noc90"] == float(table["noc90"].mean())
+    assert io.read_json(trained / "metrics/effort.json")[0]["mean_noc90"] == effort["mean_noc90"]
     from pipeline.commands.status import SECTIONS
     from pipeline.core.params import load_paths
 
@@ -192,3 +197,23 @@ def test_augment_keeps_shapes_and_binary_masks() -> None:
     flip_only = train.AugmentParams(hflip=1.0, scale_min=1.0, scale_max=1.0, color_jitter=0.0)
     img, m = train.augment(image, mask, flip_only, rng)
     assert np.array_equal(img, image[:, ::-1]) and np.array_equal(m, mask[:, ::-1])
+
+
+def test_fit_with_saliency_priors_carries_them_to_the_checkpoint() -> None:
+    """train.priors: the network gets the saliency channels in training, precise BN and validation alike,
+    and the checkpoint's meta carries them to inference."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for k in range(8):
+        img = rng.integers(60, 120, (32, 32, 3), dtype=np.uint8)
+        mask = np.zeros((32, 32), np.float32)
+        y, x = 6 + k % 4, 8 + k % 5
+        mask[y:y + 14, x:x + 14] = 1
+        img[mask > 0] = (230, 40, 40)
+        samples.append(train.Sample(f"s{k}", img, mask))
+    params = train.TrainParams(**{**TINY, "epochs": 3, "lr": 3e-3}, priors=("mbd", "backgroundness"))
+    result = train.fit(samples[:6], samples[6:], params, {})
+    assert result.meta.priors == ("mbd", "backgroundness") and result.meta.in_channels == 5
+    assert result.curve[-1]["val_iou"] is not None
+    with pytest.raises(ValueError, match="priors must be distinct names"):
+        train.TrainParams(priors=("depth",))

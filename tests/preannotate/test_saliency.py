@@ -87,3 +87,14 @@ def test_foreground_core_is_never_empty(saliency: np.ndarray, expect_pixels: int
 def test_bad_image_raises() -> None:
     with pytest.raises(ValueError, match="RGB uint8"):
         S.minimum_barrier_distance(np.zeros((10, 10), np.uint8))
+
+
+def test_prior_channels_shape_range_and_errors() -> None:
+    img, gt = object_on_background(60, 80)
+    ch = S.prior_channels(img, ("mbd", "backgroundness"))
+    assert ch.shape == (60, 80, 2) and ch.dtype == np.float32
+    assert float(ch.min()) >= -1.0 and float(ch.max()) <= 1.0
+    assert float(ch[..., 0][gt].mean()) > float(ch[..., 0][~gt].mean())
+    assert S.prior_channels(img, ()).shape == (60, 80, 0)
+    with pytest.raises(ValueError, match="unknown saliency priors"):
+        S.prior_channels(img, ("mbd", "depth"))

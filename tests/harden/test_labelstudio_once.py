@@ -1,0 +1,80 @@
+"""Item 8 of issue 15: a request that creates something is never blindly repeated (real Label Studio server).
+
+A loopback proxy forwards ``maskloop push``'s requests to the real server and loses the answer of the first bulk
+import (the server created the tasks). Before: ``_send`` retried every method, so the retry created the tasks
+twice. Now the import is not repeated: push reads the project's tasks back by item id and sends only the missing
+ones, so the project ends with exactly one task per item. Idempotent requests (GET) are still retried.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.harden.faultproxy import Fault, FaultProxy
+from tests.labelstudio.conftest import LSProject, Server
+
+pytestmark = pytest.mark.labelstudio
+
+
+def _through(proj: LSProject, proxy: FaultProxy, server: Server) -> None:
+    params = proj.params.read_text(encoding="utf-8")
+    assert f"url: {server.url}" in params
+    proj.params.write_text(params.replace(f"url: {server.url}", f"url: {proxy.url}", 1), encoding="utf-8")
+
+
+def _one_task_per_item(server: Server, proj: LSProject) -> list[dict[str, Any]]:
+    tasks = server.tasks(server.project(proj.title)["id"])
+    counts = Counter(t["data"]["item_id"] for t in tasks)
+    assert counts == Counter({i: 1 for i in proj.gt}), counts  # every item exactly once
+    assert all(len(t["predictions"]) == 1 for t in tasks)
+    return tasks
+
+
+@pytest.mark.parametrize("kind", ["drop", "502"])
+def test_lost_import_answer_creates_each_task_once(ls_server: Server, ls_project_factory: Any, kind: str) -> None:
+    proj = ls_project_factory(f"import-once-{kind}", chunk_size=4, backoff_s=0.1)
+    proxy = FaultProxy(ls_server.url, [Fault("POST", "/import?return_task_ids", kind)])
+    try:
+        _through(proj, proxy, ls_server)
+        proc = proj.run("push")
+    finally:
+        proxy.close()
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert proxy.faults[0].hits == 1, proxy.log  # the fault really happened
+    assert "reading back the project's tasks before sending anything again" in log, log
+    _one_task_per_item(ls_server, proj)
+    # and a second push, straight to the server, changes nothing
+    proj.params.write_text(proj.params.read_text().replace(proxy.url, ls_server.url), encoding="utf-8")
+    proc = proj.run("push")
+    assert f"push: 0 new, 0 updated, {len(proj.gt)} unchanged" in " ".join((proc.stdout + proc.stderr).split())
+    _one_task_per_item(ls_server, proj)
+
+
+def test_a_lost_answer_to_a_read_is_retried(ls_server: Server, ls_project_factory: Any) -> None:
+    proj = ls_project_factory("get-retried", names=("0001", "0002"), backoff_s=0.1)
+    proxy = FaultProxy(ls_server.url, [Fault("GET", "/api/tasks", "drop", times=2)])
+    try:
+        _through(proj, proxy, ls_server)
+        proc = proj.run("push")
+    finally:
+        proxy.close()
+    log = " ".join((proc.stdout + proc.stderr).split())
+    assert proxy.faults[0].hits == 2
+    assert "Label Studio GET /api/tasks failed" in log and "retry 2/4" in log, log
+    _one_task_per_item(ls_server, proj)
+
+
+def test_project_creation_is_not_repeated(ls_server: Server, ls_project_factory: Any) -> None:
+    proj = ls_project_factory("create-once", names=("0001",), backoff_s=0.1)
+    proxy = FaultProxy(ls_server.url, [Fault("POST", "/api/projects", "drop")])
+    try:
+        _through(proj, proxy, ls_server)
+        proj.run("push")
+    finally:
+        proxy.close()
+    assert proxy.faults[0].hits == 1
+    ls_server.project(proj.title)  # asserts exactly one project with that title
+    _one_task_per_item(ls_server, proj)
