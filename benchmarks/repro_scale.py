@@ -159,7 +159,10 @@ def write_wrapper(bindir: Path, log: Path) -> None:
 
 def env_for(bindir: Path, root: Path) -> dict[str, str]:
     """DVC and the stages run the clone's code (PYTHONPATH), through the timing wrapper (PATH)."""
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(root),
+    # numba's JIT cache (the matte stage's pymatting) is shared by all clones: compiling it is a one-off per
+    # machine (minutes on a busy host), not a cost that scales with items.
+    numba = os.environ.get("NUMBA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "maskloop-repro-scale-numba"))
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(root), "NUMBA_CACHE_DIR": numba,
             "PATH": f"{bindir}:{BIN}:{os.environ.get('PATH', '')}"}
 
 

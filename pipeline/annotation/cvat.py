@@ -20,9 +20,12 @@ job with at least one counted region becomes a correction: masks, polygons (rast
 rectangles and ellipses of the ``foreground_labels`` are merged (union). Annotator = job assignee; times = the
 job's; ``annotation_id`` = ``job<id>:frame<n>``.
 
-Errors: connection problems and HTTP 429/5xx are retried ``max_retries`` times with exponential backoff for
-idempotent requests (creating a task is never blindly retried: a re-run finds what was created by frame name);
-then one clear :class:`~pipeline.core.errors.UserError`.
+Errors: every request goes through cvat-sdk's urllib3 pool, which carries the one retry policy of the annotation
+backends (:func:`pipeline.annotation.http.make_retry`, shared with Label Studio): failures to connect are retried
+for any method, read errors and HTTP 429/5xx only for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE),
+``max_retries`` times with exponential backoff. POST and PATCH (creating a task, uploading shapes) are never
+blindly repeated: a re-run finds what was created by frame name. Then one clear
+:class:`~pipeline.core.errors.UserError` (:meth:`CvatConnection.retry` translates, it does not repeat).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import numpy as np
 from pipeline.annotation.base import PullOutcome, PullProblem, PushItem, PushOutcome, ReceiptRow
 from pipeline.annotation.cvat_codec import encode_mask, mask_to_polygons
 from pipeline.annotation.formats_cvat import is_item_id, iso_utc, mask_from_shapes, shapes_from_api
-from pipeline.annotation.http import redact, register_secret, safe_url
+from pipeline.annotation.http import RETRY_STATUSES, HttpParams, make_retry, redact, register_secret, safe_url
 from pipeline.core import io
 from pipeline.core.errors import ConfigError, UserError
 from pipeline.core.params import Paths, from_mapping
@@ -113,6 +116,10 @@ class CvatParams:
             raise ValueError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
         _parse_version(self.min_server_version, "min_server_version")
 
+    def http(self) -> HttpParams:
+        """The retry/timeout settings shared with the other backends (:mod:`pipeline.annotation.http`)."""
+        return HttpParams(timeout_s=self.timeout_s, max_retries=self.max_retries, backoff_s=self.backoff_s)
+
     def server_url(self) -> str:
         """``url``, or the value of the ``url_env`` environment variable when that is set."""
         env = os.environ.get(self.url_env, "").strip() if self.url_env else ""
@@ -149,17 +156,20 @@ def transient_reason(exc: BaseException, idempotent: bool) -> str | None:
         return f"cannot connect ({type(exc).__name__})"
     if isinstance(exc, u3.HTTPError | ConnectionError | TimeoutError):
         return type(exc).__name__ if idempotent else None
-    if isinstance(exc, ApiException) and (exc.status == 429 or (exc.status or 0) >= 500):
+    if isinstance(exc, ApiException) and (exc.status in RETRY_STATUSES or (exc.status or 0) >= 500):
         return f"HTTP {exc.status}" if idempotent else None
     return None
 
 
 def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, backoff_s: float,
-                 idempotent: bool = True, sleep: Callable[[float], None] = time.sleep) -> T:
+                 idempotent: bool = True, sleep: Callable[[float], None] = time.sleep,
+                 attempts: int | None = None) -> T:
     """Call ``fn``; on a transient failure retry up to ``max_retries`` times, waiting ``backoff_s * 2**k``
     seconds; then raise a :class:`UserError` naming the server and the operation. Other HTTP errors (401/403
     credentials, 4xx, 5xx of non-idempotent requests) become a :class:`UserError` at once; errors that are not
-    from the server (bugs, bad data) propagate unchanged."""
+    from the server (bugs, bad data) propagate unchanged. ``attempts`` is the number of tries the final message
+    reports (default ``max_retries + 1``; :class:`CvatConnection` passes ``max_retries=0`` because its pool
+    already retried each request)."""
     from cvat_sdk.api_client.exceptions import ApiException
 
     last = ""
@@ -186,7 +196,8 @@ def with_retries(fn: Callable[[], T], what: str, *, url: str, max_retries: int, 
                                            f"{again}: {body[:300]}").rstrip(": ")) from None
                 raise
             last = reason
-    raise UserError(f"CVAT at {url} is unreachable: {what} failed {max_retries + 1} times ({last}); is the server "
+    tries = max_retries + 1 if attempts is None else attempts
+    raise UserError(f"CVAT at {url} is unreachable: {what} failed {tries} times ({last}); is the server "
                     "running? Nothing is duplicated: re-run the command when it is back")
 
 
@@ -229,8 +240,12 @@ class CvatConnection:
         return f"CvatConnection({self.shown_url!r}, user={self._username!r})"
 
     def retry(self, what: str, fn: Callable[[], T], idempotent: bool = True) -> T:
-        return with_retries(fn, what, url=self.shown_url, max_retries=self.params.max_retries,
-                            backoff_s=self.params.backoff_s, idempotent=idempotent)
+        """``fn`` with its failures translated into one clear :class:`UserError`. It does not repeat anything:
+        each request was already retried by the client's pool under the shared policy (:meth:`build_client`,
+        :func:`pipeline.annotation.http.make_retry`: idempotent methods only, POST/PATCH never blindly)."""
+        http = self.params.http()
+        return with_retries(fn, what, url=self.shown_url, max_retries=0, backoff_s=0, idempotent=idempotent,
+                            attempts=http.max_retries + 1)
 
     def client(self) -> Any:
         """The connected client (connects, checks the server version and logs in on first use)."""
@@ -238,24 +253,35 @@ class CvatConnection:
             self._client = self._connect()
         return self._client
 
-    def _connect(self) -> Any:
+    def build_client(self) -> Any:
+        """A cvat-sdk client, not yet connected, whose urllib3 pool retries every request under the shared policy
+        of the annotation backends (:func:`pipeline.annotation.http.make_retry`: connection failures for any
+        method, read errors and HTTP 429/5xx for idempotent methods only) with the shared timeout."""
         import urllib3
-        from cvat_sdk.core.client import AccessTokenCredentials, Client, Config, PasswordCredentials
+        from cvat_sdk.core.client import Client, Config
 
-        # cvat-sdk 2.80 refuses to talk to older servers during its own version check: skip it, do ours below
+        # cvat-sdk 2.80 refuses to talk to older servers during its own version check: skip it, do ours instead
         client = Client(self.url, config=Config(verify_ssl=self.params.verify_ssl), check_server_version=False)
-        conf = client.api_client.configuration
-        conf.retries = urllib3.util.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
-        pool_kw = client.api_client.rest_client.pool_manager.connection_pool_kw
-        pool_kw["retries"] = conf.retries  # retries are ours (bounded, logged); the SDK's would hide failures
-        pool_kw["timeout"] = urllib3.util.Timeout(connect=self.params.timeout_s, read=self.params.timeout_s)
+        http = self.params.http()
+        retry = make_retry(http, "CVAT")
+        client.api_client.configuration.retries = retry  # what the SDK would build a new pool from
+        pool = client.api_client.rest_client.pool_manager  # built already: its per-host pools take these kwargs
+        pool.connection_pool_kw["retries"] = retry
+        pool.connection_pool_kw["timeout"] = urllib3.util.Timeout(connect=http.timeout_s, read=http.timeout_s)
+        pool.clear()  # no per-host pool made before this keeps the SDK's own policy
+        return client
+
+    def _connect(self) -> Any:
+        from cvat_sdk.core.client import AccessTokenCredentials, Client, PasswordCredentials
+
+        client = self.build_client()
         self.server_version = self.retry("version check (GET /api/server/about)", lambda: self._about(client))
         if not check_server_version(self.server_version, self.params.min_server_version, self.shown_url):
             log.info("CVAT server %s is outside cvat-sdk's tested range (%s); its own version check is skipped",
                      self.server_version, ", ".join(str(v) for v in Client.SUPPORTED_SERVER_VERSIONS))
         creds = AccessTokenCredentials(self._token) if self._token else PasswordCredentials(self._username,
                                                                                             self._password)
-        self.retry("login", lambda: client.login(creds))
+        self.retry("login", lambda: client.login(creds), idempotent=False)  # a POST: the pool never repeats it
         if self.params.organization:
             client.organization_slug = self.params.organization
         log.info("connected to CVAT %s at %s", self.server_version, self.shown_url)
@@ -593,7 +619,7 @@ class CvatBackend:
                     reason = str(exc).strip().replace("\n", " ")[:300]
                 if reason is None:
                     raise
-                raise UserError(f"CVAT at {self.conn.url}: creating task {name!r} failed ({reason}); re-run the "
+                raise UserError(f"CVAT at {self.conn.shown_url}: creating task {name!r} failed ({reason}); re-run the "
                                 "push: tasks already complete are found again by their frame names, an empty "
                                 "one is deleted") from exc
         return task
@@ -661,7 +687,8 @@ class CvatBackend:
             plan = plan_sync(by_task[task_id], placed, shapes, expected, known, locked)
             if plan.stale:
                 self.conn.retry(f"removal of {len(plan.stale)} old shapes in task {task_id}",
-                                functools.partial(task.remove_annotations, ids=list(plan.stale)))
+                                functools.partial(task.remove_annotations, ids=list(plan.stale)),
+                                idempotent=False)  # a PATCH: the pool never repeats it
             frames = {it.item_id: placed[it.item_id][1] for it in plan.replace}
             self._add_shapes(task, frames, plan.replace, label_id)
             plans.append(plan)
@@ -691,7 +718,7 @@ class CvatBackend:
 
         project = self.find_project()
         if project is None:
-            raise UserError(f"CVAT at {self.conn.url} has no project named {self.params.project_name!r}; "
+            raise UserError(f"CVAT at {self.conn.shown_url} has no project named {self.params.project_name!r}; "
                             "run `maskloop push` first")
         names = {v: k for k, v in self.label_ids(project).items()}
         labels = self.params.counted_labels()
@@ -752,7 +779,7 @@ class CvatBackend:
     def status(self) -> Mapping[str, Any]:
         project = self.find_project()
         if project is None:
-            return {"backend": BACKEND, "url": self.conn.url, "project": None,
+            return {"backend": BACKEND, "url": self.conn.shown_url, "project": None,
                     "server_version": self.conn.server_version}
         jobs: dict[str, int] = {}
         tasks = self.tasks(project)
@@ -760,7 +787,7 @@ class CvatBackend:
             for job in self.conn.retry(f"job list of task {task.id}", task.get_jobs):
                 key = f"{_str(job.stage)}/{_str(job.state)}"
                 jobs[key] = jobs.get(key, 0) + 1
-        return {"backend": BACKEND, "url": self.conn.url, "server_version": self.conn.server_version,
+        return {"backend": BACKEND, "url": self.conn.shown_url, "server_version": self.conn.server_version,
                 "project": int(project.id), "tasks": len(tasks), "jobs": dict(sorted(jobs.items()))}
 
 

@@ -96,8 +96,8 @@ class AmbiguousRequest(Exception):
 
 
 def may_have_arrived(exc: BaseException) -> bool:
-    """False when the request may have reached the server (an ambiguous failure: read timeout, dropped
-    connection after sending); True when it certainly never left (connection refused, DNS, connect timeout)."""
+    """True when the request may have reached the server (an ambiguous failure: read timeout, dropped
+    connection after sending); False when it certainly never left (connection refused, DNS, connect timeout)."""
     import requests
     import urllib3.exceptions as u3
 

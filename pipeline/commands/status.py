@@ -57,6 +57,10 @@ def ingest_lines(paths: Paths) -> list[str]:
     ok = df[df["status"] == "ok"]
     q = df[df["status"] != "ok"]
     lines = [f"{len(ok)} items from {sum(len(p) for p in ok['source_paths'])} files; {len(q)} quarantined"]
+    report = Path(paths.ingest) / "quarantine.parquet"
+    if len(q) and report.is_file() and "reason" in io.table_columns(report):
+        reasons = io.read_parquet(report, columns=["reason"])["reason"].value_counts()
+        lines[0] += " (" + ", ".join(f"{n} {str(k).replace('_', ' ')}" for k, n in sorted(reasons.items())) + ")"
     for row in q.head(10).itertuples(index=False):
         lines.append(f"    quarantined {row.source_path}: {row.error}")
     if len(q) > 10:

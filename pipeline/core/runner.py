@@ -21,6 +21,10 @@ Guarantees:
   byte-identical whatever the worker count, executor, and whether the run was incremental or clean.
 - **Clean.** Outputs of items that disappeared are deleted; files in the stage's declared output folders
   that no current item produced (old leftovers, temporary files of a killed run) are swept.
+- **Indexed.** ``<root>/index.parquet`` lists every output file of the current items (key, path, sha256,
+  bytes), sorted by path. Downstream DVC stages depend on this small file (and on the stage's table) instead
+  of the whole output folder, so DVC no longer walks thousands of files to learn what the index already says
+  (docs/repro-scale.md).
 
 State lives outside DVC-tracked outputs (``paths.state/<stage>/items.sqlite``), like DVC's own cache: it
 holds file stats (so unchanged inputs are not re-hashed) and timings, which must not leak into outputs.
@@ -64,6 +68,9 @@ __all__ = [  # the stage-facing names, importable from here as before the split 
 ]
 
 log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.parquet"
+INDEX_COLUMNS = ("key", "path", "sha256", "bytes")
 
 
 class StageFailed(RuntimeError):
@@ -339,14 +346,50 @@ def _run_with_store(
     _remove_stale(stage, store, seen)
     records: list[tuple[str, Mapping[str, Any]]] = []
     produced: set[str] = set()
+    index: list[tuple[str, str, str, int]] = []
     for key, state in store.items():
         if key not in seen:
             continue
         produced.update(state.get("outputs", []))
+        index.extend(_index_rows(stage, key, state))
         if outcomes[key].status == "ok":
             records.append((key, state.get("record", {})))
     _sweep(stage, produced)
+    write_index(Path(stage.root) / INDEX_NAME, index)
     return StageResult(stage.name, tuple(records), tuple(outcomes[k] for k in sorted(seen)))
+
+
+def _index_rows(stage: Stage[Any], key: str, state: Mapping[str, Any]) -> list[tuple[str, str, str, int]]:
+    """``(key, path, sha256, bytes)`` of an item's outputs (records of older runners lack digests: hashed here)."""
+    digests: Mapping[str, Any] = state.get("digests") or {}
+    rows = []
+    for rel in state.get("outputs", []):
+        if rel in digests:
+            sha, size = digests[rel]
+        else:
+            full = Path(stage.root) / rel
+            sha, size = hash_file(full), full.stat().st_size
+        rows.append((key, rel, str(sha), int(size)))
+    return rows
+
+
+def write_index(path: Path, rows: Sequence[tuple[str, str, str, int]]) -> None:
+    """The stage's output index (sorted by path; deterministic bytes), rewritten only when it changed."""
+    import pandas as pd
+
+    df = pd.DataFrame(sorted(rows, key=lambda r: r[1]), columns=list(INDEX_COLUMNS))
+    if path.is_file():
+        try:
+            if io.read_parquet(path).equals(df):
+                return
+        except ValueError:
+            pass
+    io.write_parquet(path, df)
+
+
+def read_index(path: Path) -> dict[str, str]:
+    """``path -> sha256`` of a stage's output index (see :func:`write_index`)."""
+    return {str(r["path"]): str(r["sha256"]) for r in io.read_records(path, ["path", "sha256"])}
 
 
 def _store_outcome(stage: Stage[Any], store: StateStore, outcome: ItemOutcome, old_outputs: Iterable[str]) -> None:

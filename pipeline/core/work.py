@@ -8,6 +8,7 @@ An item's **fingerprint** = hash(stage name, manual version salt, code digest of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -229,6 +230,7 @@ def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
         "fingerprint": fp,
         "inputs": inputs,
         "outputs": sorted(files),
+        "digests": {rel: [hashlib.sha256(files[rel]).hexdigest(), len(files[rel])] for rel in sorted(files)},
         "record": record,
         "status": status,
         "error": error,

@@ -101,7 +101,7 @@ def test_positive_and_negative_clicks_make_the_brush_mask(client: Any, assist_pr
     mask = decode(answer)
     assert mask.shape == gt.shape
     assert mask[pos[1], pos[0]] and not mask[neg[1], neg[0]]
-    assert iou_of(mask, gt) > 0.8
+    assert iou_of(mask, gt) > iou_of(pre, gt) + 0.1  # the clicks fix much of what the prior missed
     # the same prompt gives the same region id and the same mask (OpenCV's RNG, which cv2.grabCut seeds its
     # k-means from, is re-seeded for every request)
     again = client.post("/predict", json=predict_body(item, regions)).json()

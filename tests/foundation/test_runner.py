@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import os
 import signal
 import sqlite3
@@ -18,7 +20,18 @@ import pytest
 
 from pipeline.core import io
 from pipeline.core.params import RunnerParams
-from pipeline.core.runner import FileInput, ItemResult, SetupFailed, Stage, StageFailed, WorkItem, run_stage
+from pipeline.core.runner import (
+    INDEX_NAME,
+    FileInput,
+    ItemResult,
+    SetupFailed,
+    Stage,
+    StageFailed,
+    WorkItem,
+    read_index,
+    run_stage,
+)
+from pipeline.core.state_store import StateStore
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("slow_stage", HERE / "slow_stage.py")
@@ -62,7 +75,10 @@ def test_second_run_reuses_everything(ws: dict[str, Path]) -> None:
     r2 = run(ws)
     assert r2.n_computed == 0
     assert tree(ws["out"]) == before
-    assert len(before) == 11  # 5 pngs + 5 json + table
+    assert len(before) == 12  # 5 pngs + 5 json + table + the runner's output index
+    index = read_index(ws["out"] / INDEX_NAME)
+    outputs = {k: v for k, v in before.items() if k.startswith(("dim/", "sum/"))}
+    assert index == {k: hashlib.sha256(v).hexdigest() for k, v in outputs.items()} and len(index) == 10
 
 
 def test_param_change_recomputes_all_and_version_change_too(ws: dict[str, Path]) -> None:
@@ -226,3 +242,25 @@ def test_sigkill_mid_stage_then_rerun_is_byte_identical(ws: dict[str, Path]) -> 
     clean = {**ws, "out": ws["tmp"] / "clean" / "dim", "state": ws["tmp"] / "clean_state"}
     run(clean, workers=1)
     assert tree(ws["out"]) == tree(clean["out"])
+
+
+def test_index_follows_deletions_and_legacy_json_state_is_imported(ws: dict[str, Path]) -> None:
+    inputs = make_inputs(ws["inp"], 4)
+    run(ws)
+    # a state folder as an older runner left it: one JSON file per item, in <xx>/ subfolders
+    folder = ws["state"] / "dim"
+    with StateStore(folder) as store:
+        legacy = dict(store.items())
+    (folder / "items.sqlite").unlink()
+    for key, state in legacy.items():
+        (folder / key[:2]).mkdir(exist_ok=True)
+        (folder / key[:2] / f"{key}.json").write_text(json.dumps(state))
+    r = run(ws)
+    assert r.n_computed == 0 and not list(folder.rglob("*.json"))  # imported, nothing recomputed
+    inputs[0].unlink()
+    r = run(ws)
+    assert r.n_items == 3
+    index = read_index(ws["out"] / INDEX_NAME)
+    assert len(index) == 6 and not any(inputs[0].stem in k for k in index)
+    with StateStore(folder) as store:
+        assert len(store) == 3

@@ -94,7 +94,7 @@ def test_bad_files_are_set_aside_and_ingest_succeeds(project: Path) -> None:
     assert report["failed"] == 0 and report["quarantined"] == 4
     assert report["quarantine_reasons"] == {"corrupt": 1, "empty": 1, "not_an_image": 2}
     status = maskloop("status", cwd=project)
-    assert "18 items from 18 files; 4 quarantined" in status.stdout, status.stdout
+    assert "18 items from 18 files; 4 quarantined (1 corrupt, 1 empty, 2 not an image)" in status.stdout, status.stdout
 
 
 def test_only_bad_files(project: Path) -> None:

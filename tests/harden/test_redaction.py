@@ -19,9 +19,6 @@ from pipeline.core.errors import UserError
 from pipeline.core.params import RunnerParams
 from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.core.secrets import RedactingFilter, redact, register_secret, safe_url
-from tests.conftest import free_port
-from tests.harden.faultproxy import Fault, FaultProxy
-from tests.labelstudio.conftest import TOKEN, Server
 
 
 @pytest.mark.parametrize(
@@ -96,33 +93,5 @@ def test_item_errors_in_reports_are_redacted(tmp_path: Path) -> None:
     assert "0123456789abcdef" not in error and "Authorization: ***" in error, error
 
 
-# ------------------------------------------------------------------ through the real CLI
-
-
-@pytest.mark.labelstudio
-def test_label_studio_error_body_echoing_the_token(ls_server: Server, ls_project_factory: Any) -> None:
-    proj = ls_project_factory("echo-token", names=("0001",), backoff_s=0.1)
-    proxy = FaultProxy(ls_server.url, [Fault("GET", "/api/projects", "echo400")])
-    try:
-        params = proj.params.read_text()
-        proj.params.write_text(params.replace(f"url: {ls_server.url}", f"url: {proxy.url}", 1))
-        proc = proj.run("push", check=False)
-    finally:
-        proxy.close()
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and proxy.faults[0].hits == 1, out
-    assert "failed with HTTP 400" in out and "Authorization: ***" in out, out
-    assert TOKEN not in out
-
-
-@pytest.mark.labelstudio
-def test_url_credentials_are_never_printed(ls_server: Server, ls_project_factory: Any) -> None:
-    proj = ls_project_factory("url-creds", names=("0001",), max_retries=1, backoff_s=0.1)
-    port = free_port()  # nothing listens there
-    params = proj.params.read_text()
-    proj.params.write_text(params.replace(f"url: {ls_server.url}", f"url: http://alice:s3cr3t-pw@127.0.0.1:{port}", 1))
-    proc = proj.run("-v", "push", check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1 and "is unreachable" in out, out
-    assert f"http://***@127.0.0.1:{port}" in out, out
-    assert "s3cr3t-pw" not in out and "alice" not in out
+# The Label Studio cases (a 400 echoing the token, URL credentials) run against the real server in
+# tests/labelstudio/test_import_once.py, next to the session's server fixture.

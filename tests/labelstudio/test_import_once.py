@@ -1,9 +1,13 @@
-"""Item 8 of issue 15: a request that creates something is never blindly repeated (real Label Studio server).
+"""Items 8 and 9 of issue 15 against the real Label Studio server.
+
+Item 8: a request that creates something is never blindly repeated.
 
 A loopback proxy forwards ``maskloop push``'s requests to the real server and loses the answer of the first bulk
 import (the server created the tasks). Before: ``_send`` retried every method, so the retry created the tasks
 twice. Now the import is not repeated: push reads the project's tasks back by item id and sends only the missing
 ones, so the project ends with exactly one task per item. Idempotent requests (GET) are still retried.
+
+Item 9: an error body echoing the ``Authorization`` header, or a URL with ``user:password@``, never prints a secret.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_port
 from tests.harden.faultproxy import Fault, FaultProxy
-from tests.labelstudio.conftest import LSProject, Server
+from tests.labelstudio.conftest import TOKEN, LSProject, Server
 
 pytestmark = pytest.mark.labelstudio
 
@@ -78,3 +83,33 @@ def test_project_creation_is_not_repeated(ls_server: Server, ls_project_factory:
     assert proxy.faults[0].hits == 1
     ls_server.project(proj.title)  # asserts exactly one project with that title
     _one_task_per_item(ls_server, proj)
+
+
+# ------------------------------------------------------------------ item 9: no secret in what is printed
+
+
+def test_label_studio_error_body_echoing_the_token(ls_server: Server, ls_project_factory: Any) -> None:
+    proj = ls_project_factory("echo-token", names=("0001",), backoff_s=0.1)
+    proxy = FaultProxy(ls_server.url, [Fault("GET", "/api/projects", "echo400")])
+    try:
+        params = proj.params.read_text()
+        proj.params.write_text(params.replace(f"url: {ls_server.url}", f"url: {proxy.url}", 1))
+        proc = proj.run("push", check=False)
+    finally:
+        proxy.close()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and proxy.faults[0].hits == 1, out
+    assert "failed with HTTP 400" in out and "Authorization: ***" in out, out
+    assert TOKEN not in out
+
+
+def test_url_credentials_are_never_printed(ls_server: Server, ls_project_factory: Any) -> None:
+    proj = ls_project_factory("url-creds", names=("0001",), max_retries=1, backoff_s=0.1)
+    port = free_port()  # nothing listens there
+    params = proj.params.read_text()
+    proj.params.write_text(params.replace(f"url: {ls_server.url}", f"url: http://alice:s3cr3t-pw@127.0.0.1:{port}", 1))
+    proc = proj.run("-v", "push", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "is unreachable" in out, out
+    assert f"http://***@127.0.0.1:{port}" in out, out
+    assert "s3cr3t-pw" not in out and "alice" not in out
