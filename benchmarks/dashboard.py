@@ -42,8 +42,8 @@ def main() -> None:
     from streamlit.testing.v1 import AppTest
 
     from dashboards import data
-    from dashboards.store import DecisionStore
     from pipeline.core import io
+    from qa.decision_store import DecisionStore
     from tests.dashboard.synth import make_project
 
     app_file = str(REPO / "dashboards" / "review.py")

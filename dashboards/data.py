@@ -195,7 +195,7 @@ def load_queue(project: Project, include_all: bool = False, decisions: Mapping[s
     split = _by_item(splits, "split", "")
     source = _by_item(cur, "source", "")
     if decisions is None:
-        from dashboards.store import DecisionStore
+        from qa.decision_store import DecisionStore
 
         decisions = DecisionStore(project.review_db).latest()
     out = []

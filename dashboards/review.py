@@ -20,8 +20,8 @@ import streamlit as st
 
 from dashboards import auth, data, render
 from dashboards.safe import html_text, md_text
-from dashboards.store import DecisionStore, StoreError
 from pipeline.core import io
+from qa.decision_store import DecisionStore, StoreError
 
 log = logging.getLogger("dashboards.review")
 

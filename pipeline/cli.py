@@ -18,10 +18,18 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.errors import UserError, user_message
+from pipeline.core.errors import UserError, describe_os_error
 from pipeline.core.params import DEFAULT_PARAMS, ParamsError
 
 log = logging.getLogger("pipeline")
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-sentence message the CLI prints for an expected error (secrets removed). Lives here, not in
+    pipeline.core.errors: secrets imports errors, so errors must not import secrets (no cycle)."""
+    from pipeline.core.secrets import redact
+
+    return redact(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))
 
 class _App(typer.Typer):
     """Typer app whose expected errors (in any command) print as one sentence instead of a traceback."""

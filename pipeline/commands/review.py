@@ -69,7 +69,7 @@ def resolve(paths: Paths, params_path: Path) -> tuple[Path, Path]:
 
 def export(params_path: Path = DEFAULT_PARAMS, db: Path | None = None, out: Path | None = None) -> int:
     """The ``decisions`` stage: export the review database to the decisions table; returns the row count."""
-    from dashboards.store import export_decisions
+    from qa.decision_store import export_decisions
 
     paths = load_paths(params_path)
     default_db, default_out = resolve(paths, params_path)
@@ -92,7 +92,7 @@ def seed_from_export(db: Path, decisions: Path) -> int:
     """Create ``db`` from an existing decisions export (fresh clone + ``dvc pull``), keeping ids and times.
 
     Does nothing when the database already exists or there is no export; returns the rows imported."""
-    from dashboards.store import DecisionStore
+    from qa.decision_store import DecisionStore
     from qa.decisions import read_decisions
 
     if db.exists() or not decisions.is_file():
@@ -106,7 +106,7 @@ def seed_from_export(db: Path, decisions: Path) -> int:
 
 def status_lines(paths: Paths) -> list[str]:
     """The ``[review]`` section of ``maskloop status``: decisions recorded, and whether the export is behind."""
-    from dashboards.store import DecisionStore
+    from qa.decision_store import DecisionStore
     from qa.decisions import latest_per_item, read_decisions
 
     db, out = Path(paths.review_db), Path(paths.decisions)

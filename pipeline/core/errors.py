@@ -52,10 +52,3 @@ def describe_os_error(exc: OSError) -> str:
         where = f"{where} -> {exc.filename2}"
     remedy = _OS_REMEDIES.get(name, "check the path and rerun")
     return f"{where}: {exc.strerror}{f' ({name})' if name else ''}; {remedy}"
-
-
-def user_message(exc: BaseException) -> str:
-    """The one-sentence message the CLI prints for an expected error (secrets removed)."""
-    from pipeline.core.secrets import redact
-
-    return redact(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core import io
-from pipeline.core.runner import FileInput
+from pipeline.core.work import FileInput
 
 ITEM_ID_LEN = 16
 

@@ -1,9 +1,10 @@
 """The per-item incremental executor every stage runs on.
 
-A stage hands the runner a :class:`Stage` (name, code version, frozen params, a module-level
-``process`` function) and an iterable of :class:`WorkItem`. For each item the runner computes a
-**fingerprint** = hash(stage name, stage version, params digest, content digests of the item's input
-files, the item's fingerprinted ``data``) and recomputes the item only when its fingerprint changed or
+A stage hands the runner a :class:`Stage` (name, frozen params, a module-level ``process`` function)
+and an iterable of :class:`WorkItem` (both defined in :mod:`pipeline.core.work`). For each item the runner
+computes a **fingerprint** = hash(stage name, code digest of the stage's import closure
+(:mod:`pipeline.core.code_version`: no hand-bumped version), params digest, content digests of the item's
+input files, the item's fingerprinted ``data``) and recomputes the item only when its fingerprint changed or
 an output it recorded is missing. Everything else is reused.
 
 Guarantees:
@@ -34,32 +35,42 @@ Executors: ``inline`` (in-process; used for one worker), ``local`` (a process po
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from pipeline.core import io
-from pipeline.core.params import RunnerParams, params_digest
-from pipeline.core.secrets import redact
+from pipeline.core.params import RunnerParams
 from pipeline.core.state_store import StateStore
+from pipeline.core.work import (
+    FileInput,
+    ItemOutcome,
+    ItemResult,
+    ProcessFn,
+    SetupFn,
+    Stage,
+    WorkItem,
+    execute_item,
+    fingerprint,
+    hash_file,
+    limit_threads,
+    stat,
+)
+
+__all__ = [  # the stage-facing names, importable from here as before the split into pipeline.core.work
+    "FileInput", "ItemOutcome", "ItemResult", "ProcessFn", "SetupFailed", "SetupFn", "Stage", "StageFailed",
+    "StageResult", "WorkItem", "execute_item", "hash_file", "run_stage",
+]
 
 log = logging.getLogger(__name__)
 
-P = TypeVar("P")
-R = TypeVar("R")
-
 INDEX_NAME = "index.parquet"
 INDEX_COLUMNS = ("key", "path", "sha256", "bytes")
-_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HASH_CHUNK = 1 << 20
 
 
 class StageFailed(RuntimeError):
@@ -68,94 +79,6 @@ class StageFailed(RuntimeError):
 
 class SetupFailed(RuntimeError):
     """A stage's per-worker ``setup`` (e.g. loading a model) failed: nothing can be processed."""
-
-
-@dataclass(frozen=True)
-class FileInput:
-    """An input file of an item. ``digest`` may be given when the content hash is already known
-    (e.g. the item id of a source image); otherwise the runner hashes the file. Inside ``process`` it is
-    always set (SHA-256 hex of the bytes), so a stage never needs to hash an input again."""
-
-    path: Path
-    digest: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One unit of work: a filename-safe ``key`` unique in the stage, named input files (fingerprinted by
-    content, not by path), and JSON-able ``data`` that is both passed to ``process`` and fingerprinted."""
-
-    key: str
-    inputs: Mapping[str, FileInput] = field(default_factory=dict)
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not _KEY_RE.match(self.key):
-            raise ValueError(f"work item key {self.key!r} is not filename-safe ([A-Za-z0-9_.-], <=128 chars)")
-
-    def input(self, name: str) -> Path:
-        """Path of input ``name`` (KeyError names the item when absent)."""
-        try:
-            return Path(self.inputs[name].path)
-        except KeyError:
-            raise KeyError(f"item {self.key}: no input named {name!r} (has {sorted(self.inputs)})") from None
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """What ``process`` returns: output files (path relative to the stage root -> bytes) and one table
-    record (JSON-able scalars) that the stage assembles into its table."""
-
-    files: Mapping[str, bytes] = field(default_factory=dict)
-    record: Mapping[str, Any] = field(default_factory=dict)
-
-
-ProcessFn = Callable[[WorkItem, Any, Any], ItemResult]
-SetupFn = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Stage(Generic[P]):
-    """A stage as the runner sees it.
-
-    ``process(work, params, resource) -> ItemResult`` must be a module-level function (it is pickled to
-    worker processes / Ray actors). ``setup(params) -> resource`` runs once per worker (load a model there,
-    never at import). ``warmup(params)`` runs once in the driver before any worker starts, and only when
-    there is work to do (e.g. fill a JIT compilation cache that every worker then loads instead of compiling). ``output_dirs`` are folders under ``root`` that only this stage writes: files in them
-    that no current item produced are swept. ``version`` is the stage's code version: bump it when a code
-    change alters outputs.
-    """
-
-    name: str
-    version: str
-    params: P
-    root: Path
-    process: ProcessFn
-    state_root: Path
-    setup: SetupFn | None = None
-    output_dirs: tuple[str, ...] = ()
-    gpu: bool = False
-    warmup: Callable[[Any], None] | None = None
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.state_root) / self.name
-
-    def static_key(self) -> str:
-        return _sha256_text(f"{self.name}\0{self.version}\0{params_digest(self.params)}")
-
-
-@dataclass(frozen=True)
-class ItemOutcome:
-    """Summary of one item after a run (returned by workers; small and picklable)."""
-
-    key: str
-    status: str  # "ok" | "failed"
-    error: str
-    seconds: float
-    computed: bool
-    fatal: bool = False
-    state: Mapping[str, Any] | None = None  # the record the driver stores (None: store nothing)
 
 
 @dataclass(frozen=True)
@@ -194,35 +117,7 @@ class StageResult:
         return pd.DataFrame(rows, columns=list(columns))
 
 
-# --------------------------------------------------------------------------- hashing / state
-
-
-def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def hash_file(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
-
-
-def fingerprint(static_key: str, digests: Mapping[str, str], data: Mapping[str, Any]) -> str:
-    blob = json.dumps(
-        {"static": static_key, "inputs": dict(sorted(digests.items())), "data": data},
-        sort_keys=True,
-        separators=(",", ":"),
-        default=str,
-    )
-    return _sha256_text(blob)
+# --------------------------------------------------------------------------- reuse
 
 
 def _check_reusable(
@@ -245,7 +140,7 @@ def _check_reusable(
             digests[name] = fin.digest
             continue
         try:
-            size, mtime = _stat(fin.path)
+            size, mtime = stat(fin.path)
         except OSError:
             return False
         if rec.get("size") == size and rec.get("mtime_ns") == mtime:
@@ -266,87 +161,6 @@ def _check_reusable(
     if touched:
         store.put(work.key, state)
     return True
-
-
-# --------------------------------------------------------------------------- worker side
-
-_RESOURCE: dict[str, Any] = {}
-
-
-def _resource_for(stage: Stage[Any]) -> Any:
-    """The stage's per-worker resource, built once per (stage, params, code version) in this process."""
-    if stage.setup is None:
-        return None
-    key = f"{stage.name}:{stage.static_key()}"
-    if key not in _RESOURCE:
-        for old in [k for k in _RESOURCE if k.startswith(f"{stage.name}:")]:
-            del _RESOURCE[old]  # params changed: drop the old model before loading the new one
-        _RESOURCE[key] = stage.setup(stage.params)
-    return _RESOURCE[key]
-
-
-def _safe_rel(stage: Stage[Any], rel: str) -> str:
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ValueError(f"stage {stage.name} returned an output path outside its root: {rel!r}")
-    return p.as_posix()
-
-
-def execute_item(stage: Stage[Any], work: WorkItem) -> ItemOutcome:
-    """Worker-side: hash inputs, run ``process``, write outputs atomically; the item's state record goes back
-    in the outcome (the driver removes outputs the item no longer produces and stores the record).
-
-    Exceptions in ``process`` become a failed outcome naming the item; a failing ``setup`` is fatal.
-    """
-    t0 = time.perf_counter()
-    static = stage.static_key()
-    inputs: dict[str, dict[str, Any]] = {}
-    digests: dict[str, str] = {}
-    error = ""
-    status = "ok"
-    files: dict[str, bytes] = {}
-    record: Mapping[str, Any] = {}
-    try:
-        for name, fin in sorted(work.inputs.items()):
-            size, mtime = _stat(fin.path)
-            digest = fin.digest or hash_file(fin.path)
-            digests[name] = digest
-            inputs[name] = {"path": str(fin.path), "size": size, "mtime_ns": mtime, "digest": digest}
-    except OSError as exc:
-        status, error = "failed", f"input missing or unreadable: {exc.filename or ''}: {exc.strerror or exc}"
-    fp = fingerprint(static, digests, work.data) if status == "ok" else ""
-    if status == "ok":
-        try:
-            resource = _resource_for(stage)
-        except Exception as exc:
-            return ItemOutcome(work.key, "failed", redact(f"setup failed: {type(exc).__name__}: {exc}"),
-                               time.perf_counter() - t0, True, fatal=True)
-        try:
-            # process sees every input's content digest (hashed once, here): FileInput.digest is always set
-            hashed = {n: FileInput(Path(f.path), digests[n]) for n, f in work.inputs.items()}
-            result = stage.process(replace(work, inputs=hashed), stage.params, resource)
-            files = {_safe_rel(stage, k): v for k, v in result.files.items()}
-            record = dict(result.record)
-        except Exception as exc:  # failures are data: recorded per item
-            status, error = "failed", redact(f"{type(exc).__name__}: {exc}")  # reports never hold a secret
-            files, record = {}, {}
-    root = Path(stage.root)
-    for rel in sorted(files):
-        io.write_bytes(root / rel, files[rel])
-    seconds = time.perf_counter() - t0
-    state = {
-        "key": work.key,
-        "static": static,
-        "fingerprint": fp,
-        "inputs": inputs,
-        "outputs": sorted(files),
-        "digests": {rel: [hashlib.sha256(files[rel]).hexdigest(), len(files[rel])] for rel in sorted(files)},
-        "record": record,
-        "status": status,
-        "error": error,
-        "seconds": round(seconds, 6),
-    }
-    return ItemOutcome(work.key, status, error, seconds, True, state=state)
 
 
 # --------------------------------------------------------------------------- executors
@@ -370,21 +184,12 @@ _POOL_STAGE: list[Stage[Any]] = []
 
 
 def _pool_init(stage: Stage[Any], threads: int) -> None:
-    _limit_threads(threads)
+    limit_threads(threads)
     _POOL_STAGE[:] = [stage]
 
 
 def _pool_call(work: WorkItem) -> ItemOutcome:
     return execute_item(_POOL_STAGE[0], work)
-
-
-def _limit_threads(threads: int) -> None:
-    """Keep each worker from spawning a thread per core (N workers x N threads thrash)."""
-    for var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    # OpenCV's and (when the parent imported it) torch's thread counts are set by the parent just before
-    # forking (see LocalExecutor.run): changing them in a forked child whose parent already used those thread
-    # pools can deadlock. A child that imports torch itself reads OMP_NUM_THREADS set above.
 
 
 class LocalExecutor:
@@ -484,6 +289,7 @@ def run_stage(
     ``reports_dir/<stage>.json`` (counts; declared as DVC metrics) when ``reports_dir`` is given, then
     raises :class:`StageFailed` if too many items failed.
     """
+    stage = stage.with_code()
     with StateStore(stage.state_dir) as store:
         result = _run_with_store(stage, works, runner, store, retry_failed, executor)
     if reports_dir is not None:

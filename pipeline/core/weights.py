@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.core.errors import UserError
+from pipeline.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +174,8 @@ def destinations(spec: WeightSpec, params: Mapping[str, Any], models_dir: Path) 
 # --------------------------------------------------------------------------- hashing
 
 
-def file_sha256(path: Path, chunk: int = CHUNK) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file
+"""SHA-256 hex digest of a file (:func:`pipeline.core.hashing.sha256_file`)."""
 
 
 def _hash_prefix(path: Path) -> tuple[Any, int]:

@@ -378,6 +378,6 @@ def predict_probability(
 
 def checkpoint_sha256(path: Path) -> str:
     """SHA-256 hex digest of a checkpoint file (its identity in lineage and pre-annotation tables)."""
-    from pipeline.core.runner import hash_file
+    from pipeline.core.hashing import sha256_file
 
-    return hash_file(Path(path))
+    return sha256_file(Path(path))

@@ -262,13 +262,10 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, params: LossPa
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    """``train.device`` as a torch device string (:func:`pipeline.learning.torch_utils.select_device`)."""
+    from pipeline.learning.torch_utils import select_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device is {name!r} but no CUDA GPU is available; use device: auto or cpu")
-    return name
+    return str(select_device(name))
 
 
 def mean_iou(prob: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:

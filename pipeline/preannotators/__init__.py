@@ -23,6 +23,14 @@ PREANNOTATORS: dict[str, str] = {
 }
 
 
+def preannotator_module(name: str) -> str:
+    """The module that defines the pre-annotator ``name`` (its code is part of the stage's code version)."""
+    try:
+        return PREANNOTATORS[name].partition(":")[0]
+    except KeyError:
+        raise ValueError(f"unknown pre-annotator {name!r}; choose one of {sorted(PREANNOTATORS)}") from None
+
+
 def preannotator_class(name: str) -> type:
     """The class registered under ``name`` (ValueError listing the choices when unknown)."""
     try:

@@ -17,7 +17,6 @@ and thresholded at 0.5 (GrabCut additionally refines the edge with a guided filt
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,8 @@ def load_state_strict(model: Any, state: Mapping[str, Any], path: Path, what: st
     model.load_state_dict(state, strict=True)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file (checkpoints are hashed once per worker)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file
+"""SHA-256 hex digest of a file (checkpoints are hashed once per worker): :func:`pipeline.core.hashing.sha256_file`."""
 
 
 # --------------------------------------------------------------------------- params

@@ -26,7 +26,6 @@ from pipeline.matting.composite import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 
 
 # --------------------------------------------------------------------------- stage
@@ -83,7 +82,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         for i in ids
     ]
     stage: Stage[CompositeParams] = Stage(
-        name="composite", version=VERSION, params=params, root=paths.composite, process=process,
+        name="composite", params=params, root=paths.composite, process=process,
         state_root=paths.state, output_dirs=("images", "alpha", "masks", "trimaps"),
     )
     t0 = time.perf_counter()

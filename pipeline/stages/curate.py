@@ -35,20 +35,17 @@ from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
 from pipeline.core.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, hash_file, run_stage
 from qa import report
-from qa.checks import Finding, QAParams, check_readable, max_severity, run_checks, severity_rank
+from qa.checks import Finding, QAParams, check_readable, max_severity, run_checks
 from qa.decisions import latest_per_item, read_decisions
 from qa.fixes import FIXES, SAFE_FIXES, apply_fixes
 from qa.phash import phash
+from qa.policy import SOURCE_CORRECTION, SOURCE_PREANNOTATION, include, queue
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 
-SOURCE_CORRECTION = "correction"
-SOURCE_PREANNOTATION = "preannotation"
 
 # which safe fix resolves which check
-_FIX_FOR_CHECK = {"non_binary": "binarise", "islands": "remove_islands", "holes": "fill_holes"}
 
 
 @dataclass(frozen=True)
@@ -142,51 +139,18 @@ def process(work: WorkItem, cfg: CurateConfig, _resource: Any) -> ItemResult:
         findings, dis = rep.findings, rep.disagreement
 
     decision: dict[str, Any] | None = data.get("decision")
-    stale = bool(decision and decision["mask_digest"] and decision["mask_digest"] != source_digest)
-    valid = decision if decision and not stale else None
-    kind = valid["decision"] if valid else ""
-    human = source == SOURCE_CORRECTION or kind in ("accept", "fix")
-    errors = [f for f in findings if not f.passed and f.severity == "error"]
-    blocking = [f for f in errors if f.check in ("readable", "size_mismatch")]
-
-    included, reason = True, ""
+    inc = include(source, error, grey is not None, findings, decision, source_digest,
+                  cfg.curate.include_unverified, cfg.curate.auto_fixes, FIXES)
     fixes: list[str] = []
     out_mask: np.ndarray | None = None
-    if grey is None and not blocking:
-        included, reason = False, error
-    elif blocking:
-        included, reason = False, f"{blocking[0].check}: {blocking[0].detail}"
-    elif kind == "reject" and valid:
-        who = f" {valid['reviewer']}" if valid["reviewer"] else ""
-        included, reason = False, f"rejected by reviewer{who}: {valid['reason']}"
-    elif errors and kind not in ("accept", "fix"):
-        included, reason = False, f"{errors[0].check}: {errors[0].detail} (accept it in review to include it)"
-    elif not human and not cfg.curate.include_unverified:
-        included, reason = False, "not verified by a human yet (no correction; curate.include_unverified is false)"
-    elif kind == "fix" and valid and valid["fix"] not in FIXES:
-        included, reason = False, f"decision {valid['decision_id']} names unknown fix {valid['fix']!r}"
-    if included and grey is not None:
-        failed = {f.check for f in findings if not f.passed}
-        auto = [name for name in cfg.curate.auto_fixes if any(_FIX_FOR_CHECK.get(c) == name for c in failed)]
-        wanted = auto + ([valid["fix"]] if kind == "fix" and valid else [])
-        out_mask, applied = apply_fixes(grey, wanted, cfg.qa)
+    if inc.included and grey is not None:
+        out_mask, applied = apply_fixes(grey, list(inc.fixes), cfg.qa)
         fixes = [a.fix for a in applied]
-
     fixed_by = set(fixes)
     rows = [_finding_dict(f, fixed=bool(f.fix) and f.fix in fixed_by) for f in findings]
-    min_rank = severity_rank(cfg.curate.queue_min_severity)
-    unresolved = [r for r in rows if not r["passed"] and not r["fixed"] and severity_rank(r["severity"]) >= min_rank]
-    queue_reason = ""
-    if stale:
-        queue_reason = f"decision {decision['decision_id'] if decision else ''} is stale (the mask changed since)"
-    # a reviewer's decision is wanted for a mask that could enter ground truth and has unresolved findings;
-    # items without any mask wait for (pre-)annotation, not for review
-    waiting = bool(source) and (human or cfg.curate.include_unverified) and kind not in ("accept", "fix", "reject")
-    queued = bool(stale or (waiting and unresolved) or (unresolved and blocking and source))
-    if kind in ("accept", "fix") and not stale:
-        queued = bool(blocking)
-    if kind == "fix" and valid and valid["fix"] not in FIXES:
-        queued, queue_reason = True, reason
+    queued, queue_reason = queue(inc, source, decision, findings, fixed_by, cfg.curate.include_unverified,
+                                 cfg.curate.queue_min_severity, FIXES)
+    included, reason, valid, kind, stale, human = inc.included, inc.reason, inc.decision, inc.kind, inc.stale, inc.verified
 
     files: dict[str, bytes] = {}
     mask_digest = ""
@@ -288,7 +252,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> Stage
     decisions = _decision_dicts(paths.decisions)
     works = build_works(items, paths, decisions)
     stage: Stage[CurateConfig] = Stage(
-        name="curate", version=VERSION, params=cfg, root=paths.curated, process=process, state_root=paths.state,
+        name="curate", params=cfg, root=paths.curated, process=process, state_root=paths.state,
         output_dirs=("masks",),
     )
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)

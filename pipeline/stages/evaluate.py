@@ -234,7 +234,7 @@ def effort_rows(paths: Paths) -> list[dict[str, Any]]:
 def test_scores(paths: Paths, params: EvaluateParams) -> list[tuple[str, MaskScores]]:
     """Scores of the trained checkpoint on every test item of the export."""
     from pipeline.learning.segmenter import load_segmenter, predict_probability
-    from pipeline.learning.training import resolve_device
+    from pipeline.learning.torch_utils import select_device
 
     splits = Path(paths.export) / "splits.parquet"
     if not splits.is_file():
@@ -244,7 +244,7 @@ def test_scores(paths: Paths, params: EvaluateParams) -> list[tuple[str, MaskSco
     if not ids:
         log.warning("evaluate: the export's test split is empty; no test metrics")
         return []
-    device = resolve_device(params.device)
+    device = str(select_device(params.device))
     model, meta = load_segmenter(Path(paths.train) / "model.pt", device)
     out = []
     for item_id in ids:

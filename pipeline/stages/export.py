@@ -43,7 +43,6 @@ from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, dhash, nea
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = "2"  # 2: RGBA cutouts
 SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dhash", "n_composites")
 CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
 FOLDERS = ("image", "mask", "trimap", "alpha", "foreground", "cutout")
@@ -488,7 +487,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
     works = build_works(paths, ids, items, inputs.lineage, params.composites)
     root = Path(paths.export)
     stage: Stage[ExportParams] = Stage(
-        name="export", version=STAGE_VERSION, params=params, root=root, process=process,
+        name="export", params=params, root=root, process=process,
         state_root=paths.state, output_dirs=("matting",),
     )
     result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed)

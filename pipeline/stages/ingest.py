@@ -44,7 +44,6 @@ from pipeline.core.runner import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "2"
 QUARANTINE_REPORT = "quarantine.parquet"
 DEFAULT_MIN_SIDE = 16
 
@@ -189,7 +188,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     runner = load_runner(params_path)
     files = list(scan(paths.raw, params))
     stage: Stage[IngestParams] = Stage(
-        name="ingest", version=VERSION, params=params, root=paths.ingest, process=process, state_root=paths.state
+        name="ingest", params=params, root=paths.ingest, process=process, state_root=paths.state
     )
     works = [
         WorkItem(key=file_key(f.rel), inputs={"file": FileInput(f.path)}, data={"rel": f.rel})

@@ -47,7 +47,6 @@ from pipeline.matting.solve import FG, UNKNOWN, SolverError, solve_band_cf, spli
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 MATTE_COLUMNS = ("item_id", "solver", "unknown_px", "regions")
 
 
@@ -308,7 +307,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         if i in images
     ]
     stage: Stage[MatteParams] = Stage(
-        name="matte", version=VERSION, params=params, root=paths.matte, process=process,
+        name="matte", params=params, root=paths.matte, process=process,
         state_root=paths.state, output_dirs=("alpha", "foreground"), warmup=_warmup,
     )
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)

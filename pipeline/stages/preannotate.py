@@ -31,12 +31,12 @@ from typing import Any
 import pandas as pd
 
 from pipeline.core import io
-from pipeline.core import runner as runner_module
+from pipeline.core import work as work_module
 from pipeline.core.errors import UserError
 from pipeline.core.items import ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
 from pipeline.core.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, run_stage
-from pipeline.preannotators import build_preannotator
+from pipeline.preannotators import build_preannotator, preannotator_module
 from pipeline.preannotators.base import (
     PreannotateParams,
     Preannotator,
@@ -50,7 +50,6 @@ from pipeline.preannotators.base import (
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 TABLE = "preannotations.parquet"
 COLUMNS = ("item_id", "model", "model_version", "checkpoint_sha256", "confidence", "entropy", "sam_iou", "uncertainty",
            "note")
@@ -206,9 +205,10 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         prev = previous_records(root)
     run_cfg = PreannotateRun(params=params, checkpoints=checkpoints)
     stage: Stage[PreannotateRun] = Stage(
-        name="preannotate", version=VERSION, params=run_cfg, root=root, process=process, state_root=paths.state,
+        name="preannotate", params=run_cfg, root=root, process=process, state_root=paths.state,
         setup=functools.partial(setup, paths), output_dirs=("masks", "prob"),
         gpu=params.model != "grabcut" and params.device != "cpu",
+        code_modules=tuple(preannotator_module(n) for n in models_used(params)),
     )
     works = []
     n_kept = 0
@@ -226,7 +226,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     Path(paths.sam_cache).mkdir(parents=True, exist_ok=True)
     # the runner caches per-worker resources by stage name; a second run in the same process (tests,
     # notebooks) with other params must not reuse the previous run's model
-    runner_module._RESOURCE.pop(stage.name, None)
+    work_module._RESOURCE.pop(stage.name, None)
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
     df = table(result)
     io.write_parquet(root / TABLE, df)

@@ -18,7 +18,6 @@ from pipeline.matting.trimap import TRIMAP_COLUMNS, TrimapParams, make_trimap
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
 
 
 # --------------------------------------------------------------------------- stage
@@ -74,7 +73,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
             )
         )
     stage: Stage[TrimapParams] = Stage(
-        name="trimap", version=VERSION, params=params, root=paths.trimap, process=process,
+        name="trimap", params=params, root=paths.trimap, process=process,
         state_root=paths.state, output_dirs=("trimaps",),
     )
     result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)

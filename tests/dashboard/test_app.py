@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dashboards import data
-from dashboards.store import DecisionStore
+from qa.decision_store import DecisionStore
 from tests.dashboard.synth import make_project
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards.store import DecisionStore
 from pipeline.commands.review import seed_from_export
+from qa.decision_store import DecisionStore
 from qa.decisions import DECISION_COLUMNS
 from tests.conftest import free_port
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from dashboards import data
-from dashboards.store import DecisionStore
 from pipeline.core import io
 from pipeline.core.errors import UserError
+from qa.decision_store import DecisionStore
 from tests.dashboard.synth import make_project
 
 

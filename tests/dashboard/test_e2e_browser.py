@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboards.store import DecisionStore
 from pipeline.core import io
+from qa.decision_store import DecisionStore
 from tests.conftest import CHROMIUM_ARGS, VENV_BIN, copy_ecssd, free_port, maskloop, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboards.store import DecisionStore, StoreError, export_decisions
+from qa.decision_store import DecisionStore, StoreError, export_decisions
 from qa.decisions import DECISION_COLUMNS, latest_per_item, read_decisions
 
 WRITER = Path(__file__).with_name("writer_proc.py")

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from dashboards.store import DecisionStore  # noqa: E402
+from qa.decision_store import DecisionStore  # noqa: E402
 
 
 def main() -> None:

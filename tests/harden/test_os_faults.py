@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.cli import user_message
 from pipeline.core import io
-from pipeline.core.errors import describe_os_error, user_message
+from pipeline.core.errors import describe_os_error
 from tests.conftest import VENV_BIN, maskloop, require, write_params
 
 PARAMS = """

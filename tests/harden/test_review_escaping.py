@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from dashboards.safe import html_text, md_text
-from dashboards.store import DecisionStore
 from pipeline.core import io
+from qa.decision_store import DecisionStore
 from tests.dashboard.synth import make_project
 
 EVIL_HTML = '<b>bold</b><img src="http://127.0.0.1:9/pixel.png"><a href="http://127.0.0.1:9/">link</a>'

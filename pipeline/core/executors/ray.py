@@ -47,7 +47,7 @@ from typing import Any
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.params import RayParams, RunnerParams
-from pipeline.core.runner import ItemOutcome, Stage, WorkItem, execute_item
+from pipeline.core.work import ItemOutcome, Stage, WorkItem, execute_item
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ class StageActor:
 
     ``__init__`` moves into the shared project folder, takes the driver's forwarded environment
     (:data:`FORWARDED_ENV_PREFIXES`) and limits threads; ``stage.setup`` runs lazily
-    on the first item (once per actor process, cached by :func:`pipeline.core.runner._resource_for`), so a
+    on the first item (once per actor process, cached by :func:`pipeline.core.work.resource_for`), so a
     failing setup comes back as a fatal outcome exactly like on the local pool.
     """
 
     def __init__(
         self, stage: Stage[Any], workdir: str, threads: int, modules: Sequence[str], env: dict[str, str]
     ) -> None:
-        from pipeline.core.runner import _limit_threads
+        from pipeline.core.work import limit_threads
 
         if not os.path.isdir(workdir):
             raise FileNotFoundError(
@@ -122,7 +122,7 @@ class StageActor:
             )
         os.chdir(workdir)
         os.environ.update(env)
-        _limit_threads(threads)
+        limit_threads(threads)
         self.stage = stage
         self.digest = code_digest(modules)
 
