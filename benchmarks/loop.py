@@ -124,10 +124,10 @@ def main() -> None:
         io.write_png(Path(paths.curated) / "masks" / f"{i}.png", gt[i])
         crows.append({"item_id": i, "annotator": "benchmark", "source": "ground-truth", "updated_at": ""})
         urows.append({"item_id": i, "included": True, "verified": True, "source": "correction", "fixes": "",
-                      "excluded_reason": "", "mask_digest": ""})
+                      "excluded_reason": "", "mask_digest": "", "dup_group": i})
     for i in holdout:  # unverified pre-annotations: curated but not exported (require_verified)
         urows.append({"item_id": i, "included": True, "verified": False, "source": "preannotation", "fixes": "",
-                      "excluded_reason": "", "mask_digest": ""})
+                      "excluded_reason": "", "mask_digest": "", "dup_group": i})
     io.write_parquet(Path(paths.corrections) / "corrections.parquet", pd.DataFrame(crows))
     io.write_parquet(Path(paths.curated) / "curated.parquet", pd.DataFrame(urows).sort_values("item_id"))
 

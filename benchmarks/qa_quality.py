@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import finish, shared_data
 from pipeline.core import io
 from qa.checks import CHECKS, QAParams, hole_limit, island_limit, run_checks
-from qa.phash import cluster, phash
+from qa.near_duplicates import cluster, phash
 
 SEED = 20261125
 

@@ -31,7 +31,7 @@ from benchmarks._common import finish, shared_data
 from pipeline.core import io
 from qa.checks import QAParams, binarise, check_holes, check_islands, run_checks
 from qa.components import components
-from qa.phash import phash
+from qa.near_duplicates import phash
 
 
 def timeit(fn: Callable[[], object], repeat: int) -> float:

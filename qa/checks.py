@@ -38,7 +38,7 @@ Checks (name: what fails it):
 ``disagreement``    IoU between pre-annotation and human correction below ``disagreement_min_iou``
                     (boundary F and pixels changed are reported in ``detail``)
 ``near_duplicate``  another item's image has a perceptual hash within ``phash_max_distance`` bits
-                    (cross-item: computed by the curate stage with :mod:`qa.phash`)
+                    (cross-item: computed by the curate stage with :mod:`qa.near_duplicates`)
 ==================  =====================================================================================
 """
 

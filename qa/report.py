@@ -10,7 +10,7 @@
   check, how many items failed it and how many of those a safe fix resolved.
 
 The cross-item near-duplicate check happens here: perceptual hashes from the records are clustered
-(:func:`qa.phash.cluster`) and every item gets a ``near_duplicate`` row and a ``dup_group`` id (the
+(:func:`qa.near_duplicates.cluster`) and every item gets a ``near_duplicate`` row and a ``dup_group`` id (the
 smallest item id of its group), which export uses for leak-free splits.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from qa.checks import CHECKS, QAParams, severity_rank
-from qa.phash import cluster, hamming, neighbours
+from qa.near_duplicates import cluster, hamming, neighbours
 
 CURATED_COLUMNS = (
     "item_id", "included", "verified", "source", "fixes", "excluded_reason", "mask_digest", "source_digest",

@@ -140,13 +140,27 @@ def _load_yaml(text: str, path: Path) -> Any:
         loader.dispose()
 
 
+# Keys that once existed: a params file that still sets one gets this message instead of "unknown key".
+RETIRED_KEYS: dict[tuple[str, str], str] = {
+    ("export", "near_duplicate_max_distance"): (
+        "removed: near-duplicates have one hash and one threshold, `qa.phash_max_distance`; curate writes each "
+        "item's `dup_group` and export keeps every group in one split. Delete this key (and set "
+        "qa.phash_max_distance if you need a different distance)"
+    ),
+}
+
+
 def check_sections(data: dict[str, Any], path: Path) -> None:
-    """Refuse unknown top-level sections, naming the closest known one."""
+    """Refuse unknown top-level sections, naming the closest known one, and retired keys, naming their successor."""
     for name in sorted(str(k) for k in data):
         if name not in KNOWN_SECTIONS:
             close = difflib.get_close_matches(name, sorted(KNOWN_SECTIONS), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known sections: {', '.join(sorted(KNOWN_SECTIONS))}"
             raise ParamsError(f"{path}:{name}: unknown section; {hint}")
+    for (section, key), message in RETIRED_KEYS.items():
+        body = data.get(section)
+        if isinstance(body, dict) and key in body:
+            raise ParamsError(f"{path}:{section}.{key}: {message}")
 
 
 def read_params_file(path: Path) -> dict[str, Any]:

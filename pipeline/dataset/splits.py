@@ -12,20 +12,19 @@ and returns ``item_id -> split``. Guarantees:
   each bin, components go one by one to the split furthest below its target share (largest deficit), so
   every split gets its share of small, medium and large foregrounds.
 
-Also here: :func:`dhash` (64-bit difference hash of an image) and :func:`near_duplicate_groups`
-(cluster ids of images whose hashes differ in at most ``max_distance`` bits), used by the export when no
-near-duplicate clusters are available from curation.
+Near-duplicate groups come from curation (``curated.parquet`` ``dup_group``, :mod:`qa.near_duplicates`):
+the export passes each item's group as one of its group keys; there is no second hash here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
+
+from qa.near_duplicates import UnionFind
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -43,71 +42,9 @@ class SplitItem:
             raise ValueError(f"item {self.item_id}: fg_fraction must be in [0, 1], got {self.fg_fraction}")
 
 
-_BRUTE_FORCE_ABOVE = 15  # bits: from here on the bands of near_duplicate_pairs are too short to prune anything
-_BLOCK = 1024
-
-
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
-    """Index pairs ``(a, b)``, ``a < b``, of 64-bit hashes (``uint64`` array) within ``max_distance`` bits, sorted.
-
-    Pigeonhole banding: the 64 bits are cut into ``max_distance + 1`` bands; two hashes that differ in at most
-    ``max_distance`` bits agree exactly on at least one band, so only hashes sharing a band value are compared.
-    That is O(N · bucket size) instead of O(N²) (~5·10⁹ comparisons at 100k items, 5·10¹¹ at 1M) and returns
-    exactly the pairs the all-pairs comparison finds. Distances above 15 bits fall back to all pairs.
-    """
-    n = len(hashes)
-    pairs: set[tuple[int, int]] = set()
-    if n < 2 or max_distance < 0:
-        return []
-    if max_distance >= _BRUTE_FORCE_ABOVE:
-        groups: list[np.ndarray] = [np.arange(n)]
-    else:
-        groups = []
-        n_bands = max_distance + 1
-        edges = np.linspace(0, 64, n_bands + 1).round().astype(int)
-        for lo, hi in itertools.pairwise(edges):
-            band = (hashes >> np.uint64(lo)) & np.uint64((1 << int(hi - lo)) - 1)
-            order = np.argsort(band, kind="stable")
-            starts = np.flatnonzero(np.r_[True, band[order][1:] != band[order][:-1]])
-            sizes = np.diff(np.r_[starts, n])
-            groups.extend(order[s : s + k] for s, k in zip(starts, sizes, strict=True) if k > 1)
-    for idx in groups:
-        idx = np.sort(idx)
-        vals = hashes[idx]
-        for start in range(0, len(idx), _BLOCK):  # blocks of rows against the rest: bounded memory
-            rows = vals[start : start + _BLOCK]
-            dist = np.bitwise_count(np.bitwise_xor(rows[:, None], vals[None, :]))
-            ra, rb = np.nonzero(dist <= max_distance)
-            ra = ra + start
-            keep = ra < rb
-            pairs.update(zip(idx[ra[keep]].tolist(), idx[rb[keep]].tolist(), strict=True))
-    return sorted(pairs)
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.parent.setdefault(x, x)
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if rb < ra:
-                ra, rb = rb, ra
-            self.parent[rb] = ra
-
-
 def components(items: Iterable[SplitItem]) -> dict[str, str]:
     """``item_id -> component id`` (the smallest item id in the component) over shared group keys."""
-    uf = _UnionFind()
+    uf = UnionFind()
     ids: list[str] = []
     for it in items:
         ids.append(it.item_id)
@@ -209,41 +146,3 @@ def _fill_empty_splits(out: dict[str, str], size: Mapping[str, int], names: Sequ
         if len(members[donor]) <= 1:
             return
         out[members[donor][0]] = target
-
-
-# --------------------------------------------------------------------------- near-duplicates
-
-
-def dhash(image_rgb: np.ndarray, size: int = 8) -> int:
-    """64-bit difference hash (for ``size=8``) of an RGB uint8 ``(H, W, 3)`` image: bit = left < right pixel."""
-    grey = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY) if image_rgb.ndim == 3 else image_rgb
-    small = cv2.resize(grey, (size + 1, size), interpolation=cv2.INTER_AREA).astype(np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    value = 0
-    for b in bits:
-        value = (value << 1) | int(b)
-    return value
-
-
-def near_duplicate_groups(hashes: Mapping[str, int], max_distance: int) -> dict[str, str]:
-    """``item_id -> cluster id`` (``"dup-<smallest id>"``) linking items whose hashes are within
-    ``max_distance`` bits (transitively). Items without a near-duplicate get their own cluster.
-
-    Sub-quadratic for the usual small distances: see :func:`near_duplicate_pairs`."""
-    ids = sorted(hashes)
-    uf = _UnionFind()
-    for i in ids:
-        uf.find(i)
-    if max_distance >= 0 and len(ids) > 1:
-        arr = np.array([hashes[i] for i in ids], dtype=np.uint64)
-        for a, b in near_duplicate_pairs(arr, max_distance):
-            uf.union(ids[a], ids[b])
-    roots: dict[str, list[str]] = {}
-    for i in ids:
-        roots.setdefault(uf.find(i), []).append(i)
-    out: dict[str, str] = {}
-    for members in roots.values():
-        cid = "dup-" + min(members)
-        for m in members:
-            out[m] = cid
-    return out

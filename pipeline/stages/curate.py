@@ -38,7 +38,7 @@ from qa import report
 from qa.checks import Finding, QAParams, check_readable, max_severity, run_checks
 from qa.decisions import latest_per_item, read_decisions
 from qa.fixes import FIXES, SAFE_FIXES, apply_fixes
-from qa.phash import phash
+from qa.near_duplicates import phash
 from qa.policy import SOURCE_CORRECTION, SOURCE_PREANNOTATION, include, queue
 
 log = logging.getLogger(__name__)

@@ -12,12 +12,14 @@ their lineage, pre-annotations, corrections and review decisions. Writes under `
                                   matte (``matte.alpha_bits``); items with a matte only (pipeline.dataset.cutout)
     coco/<split>.json             COCO instances, one ``foreground`` annotation per image, RLE segmentation
     splits/<split>.txt            file stems of the split (items and their composites)
-    splits.parquet                item_id, split, component, fg_fraction, dhash, n_composites
+    splits.parquet                item_id, split, component, fg_fraction, dup_group, n_composites
     dataset.json                  dataset version (content hash), counts, split sizes
     README.md                     the dataset card
 
 Per-item work (decode, RLE, copy files) runs on the incremental runner: only changed items are redone.
 Splits (:mod:`pipeline.dataset.splits`) are recomputed from all items each run (cheap) and are deterministic.
+Near-duplicates: each item's ``dup_group`` from ``curated.parquet`` (curate's perceptual hash at
+``qa.phash_max_distance``, :mod:`qa.near_duplicates`) is a group key, so a group never straddles splits.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
 from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
-from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, dhash, near_duplicate_groups
+from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
 
 log = logging.getLogger(__name__)
 
-SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dhash", "n_composites")
+SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dup_group", "n_composites")
 CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
 FOLDERS = ("image", "mask", "trimap", "alpha", "foreground", "cutout")
 
@@ -70,15 +72,14 @@ class ExportParams:
     """Section ``export`` of params.yaml.
 
     ``require_verified``: export only items a human verified (curated ``verified``); otherwise every
-    ``included`` item. ``near_duplicate_max_distance``: images whose 64-bit dHash differ in at most this many
-    bits are one group (never split apart); -1 disables. ``n_strata``: foreground-size strata.
+    ``included`` item. Near-duplicate groups (``dup_group``) come from curate (``qa.phash_max_distance``) and
+    are never split apart. ``n_strata``: foreground-size strata.
     ``composites``: include composites (in their source item's split).
     """
 
     seed: int = 0
     splits: SplitFractions = field(default_factory=SplitFractions)
     n_strata: int = 3
-    near_duplicate_max_distance: int = 6
     require_verified: bool = True
     composites: bool = True
     png_compression: int = 3
@@ -86,8 +87,6 @@ class ExportParams:
     def __post_init__(self) -> None:
         if self.n_strata < 1:
             raise ValueError(f"n_strata must be >= 1, got {self.n_strata}")
-        if not -1 <= self.near_duplicate_max_distance <= 64:
-            raise ValueError(f"near_duplicate_max_distance must be in [-1, 64], got {self.near_duplicate_max_distance}")
         if not 0 <= self.png_compression <= 9:
             raise ValueError(f"png_compression must be in [0, 9], got {self.png_compression}")
 
@@ -202,7 +201,6 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
             "area": area,
             "bbox": bbox,
             "fg_fraction": area / float(h * w) if h * w else 0.0,
-            "dhash": format(dhash(image), "016x"),
             "digest": digest,
             "folders": sorted({k.split("/")[1] for k in files}),
         },
@@ -236,7 +234,7 @@ def selected_items(curated: Any, require_verified: bool, where: Path) -> list[st
 
     Raises :class:`UserError` when ``curated`` lacks the needed columns or no item qualifies.
     """
-    need = {"item_id", "included", "verified"}
+    need = {"item_id", "included", "verified", "dup_group"}
     missing = need - set(curated.columns)
     if missing:
         raise UserError(f"{where}: curated table lacks columns {sorted(missing)}; re-run `dvc repro curate`")
@@ -305,17 +303,20 @@ def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lin
     return works
 
 
-def split_table(records: Mapping[str, Mapping[str, Any]], lineage: Any, params: ExportParams) -> Any:
-    """The ``splits.parquet`` frame: one row per exported item (composites follow their item)."""
+def split_table(
+    records: Mapping[str, Mapping[str, Any]], dup_groups: Mapping[str, str], lineage: Any, params: ExportParams
+) -> Any:
+    """The ``splits.parquet`` frame: one row per exported item (composites follow their item).
+
+    ``dup_groups``: item id -> near-duplicate group from curate (``curated.parquet`` ``dup_group``); an item
+    missing there is its own group.
+    """
     import pandas as pd
 
     item_recs = {k: r for k, r in records.items() if not r["composite"]}
     n_comp = Counter(str(r["item_id"]) for r in records.values() if r["composite"])
-    groups: dict[str, list[str]] = {k: [] for k in item_recs}
-    if params.near_duplicate_max_distance >= 0:
-        hashes = {k: int(str(r["dhash"]), 16) for k, r in item_recs.items()}
-        for k, cid in near_duplicate_groups(hashes, params.near_duplicate_max_distance).items():
-            groups[k].append(cid)
+    dup = {k: str(dup_groups.get(k) or k) for k in item_recs}
+    groups: dict[str, list[str]] = {k: ["dup-" + dup[k]] for k in item_recs}
     # Composite lineage: an item is tied to any other exported item used as its composites' background.
     if len(lineage) and {"item_id", "background"} <= set(lineage.columns):
         for row in lineage.itertuples(index=False):
@@ -325,8 +326,6 @@ def split_table(records: Mapping[str, Mapping[str, Any]], lineage: Any, params: 
                 groups[bg].append("bg-" + min(src, bg) + "-" + max(src, bg))
     split_items = [SplitItem(k, float(item_recs[k]["fg_fraction"]), tuple(sorted(groups[k]))) for k in sorted(item_recs)]
     assignment = assign_splits(split_items, params.splits.as_dict(), params.seed, params.n_strata)
-    from pipeline.dataset.splits import components
-
     comp = components(split_items)
     rows = [
         {
@@ -334,7 +333,7 @@ def split_table(records: Mapping[str, Mapping[str, Any]], lineage: Any, params: 
             "split": assignment[k],
             "component": comp[k],
             "fg_fraction": float(item_recs[k]["fg_fraction"]),
-            "dhash": str(item_recs[k]["dhash"]),
+            "dup_group": dup[k],
             "n_composites": int(n_comp.get(k, 0)),
         }
         for k in sorted(item_recs)
@@ -495,7 +494,9 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
     item_records = {k: r for k, r in records.items() if not r["composite"]}
     if not item_records:
         raise UserError(f"export: all {len(ids)} selected items failed; see {Path(paths.reports) / 'export.parquet'}")
-    splits = split_table(records, inputs.lineage, params)
+    cur = inputs.curated
+    dup_groups = dict(zip(cur["item_id"].astype(str), cur["dup_group"].astype(str), strict=True))
+    splits = split_table(records, dup_groups, inputs.lineage, params)
     split_of = dict(zip(splits["item_id"], splits["split"], strict=True))
     by_split: dict[str, list[Mapping[str, Any]]] = {s: [] for s in SPLITS}
     for r in records.values():

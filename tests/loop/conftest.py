@@ -15,7 +15,7 @@ from tests.conftest import REPO, copy_ecssd
 
 LOOP_PARAMS = {
     "runner": {"executor": "local", "workers": 1, "max_failure_fraction": 0.1, "progress": False},
-    "export": {"seed": 0, "near_duplicate_max_distance": 6, "require_verified": True},
+    "export": {"seed": 0, "require_verified": True},
     "train": {"arch": "lraspp_mobilenet_v3_large", "resolution": 64, "epochs": 2, "batch_size": 4, "seed": 0},
 }
 
@@ -41,7 +41,8 @@ def make_project(root: Path, ecssd: Path, n: int, verified: Callable[[int], bool
                     if (root / "data" / "curated" / "masks").is_dir() else _mkdir(root / "data" / "curated" / "masks")
                     / f"{r.item_id}.png")
         rows.append({"item_id": r.item_id, "included": True, "verified": bool(verified(i)), "source": "correction",
-                     "fixes": "", "excluded_reason": "", "mask_digest": ""})
+                     "fixes": "", "excluded_reason": "", "mask_digest": "",
+                     "dup_group": r.item_id})
     io.write_parquet(root / "data" / "curated" / "curated.parquet", pd.DataFrame(rows).sort_values("item_id"))
     return params_path
 

@@ -13,7 +13,10 @@ from pycocotools.coco import COCO
 
 from pipeline.core import io
 from pipeline.core.errors import UserError
+from pipeline.core.params import ParamsError, load_section
 from pipeline.stages import export
+from qa.checks import QAParams
+from qa.near_duplicates import cluster, phash
 from tests.loop.conftest import make_project
 
 
@@ -147,15 +150,52 @@ def test_near_duplicates_never_straddle_splits(chdir_tmp: Path, ecssd: Path) -> 
     dup_id = str(manifest.loc[manifest["source_path"].str.endswith("dup.jpg"), "item_id"].iloc[0])
     gt = io.read_mask(chdir_tmp / "data/curated/masks" / f"{ids[0]}.png")
     io.write_png(chdir_tmp / "data/curated/masks" / f"{dup_id}.png", np.ascontiguousarray(gt[::2, ::2]))
+    # The near-duplicate group as curate writes it (qa.near_duplicates at qa.phash_max_distance): export
+    # reads that column and computes no hash of its own.
+    qa_params = load_section(params, "qa", QAParams)
+    dup_image = io.read_image(raw / "dup.jpg")
+    hashes = {k: phash(io.read_image(Path(manifest.set_index("item_id").loc[k, "source_path"])))
+              for k in ids} | {dup_id: phash(dup_image)}
+    groups = cluster(hashes, qa_params.phash_max_distance)
+    assert groups[dup_id] == groups[ids[0]] == min(dup_id, ids[0])
+    assert len(set(groups.values())) == len(ids)  # the other photos are not near-duplicates
     cur = io.read_parquet(chdir_tmp / "data/curated/curated.parquet")
     extra = cur.iloc[[0]].assign(item_id=dup_id)
-    io.write_parquet(chdir_tmp / "data/curated/curated.parquet", pd.concat([cur, extra]).sort_values("item_id"))
+    cur = pd.concat([cur, extra]).sort_values("item_id")
+    cur["dup_group"] = cur["item_id"].map(groups)
+    io.write_parquet(chdir_tmp / "data/curated/curated.parquet", cur)
     for seed in range(4):
         _set(params, "export", seed=seed)
         export.run(params)
         splits = io.read_parquet(chdir_tmp / "data/export/splits.parquet").set_index("item_id")
         assert splits.loc[dup_id, "split"] == splits.loc[ids[0], "split"]
         assert splits.loc[dup_id, "component"] == splits.loc[ids[0], "component"]
+        assert splits.loc[dup_id, "dup_group"] == splits.loc[ids[0], "dup_group"] == min(dup_id, ids[0])
+    # Without the group (curate saw no near-duplicate) the pair is free to separate: the guard is the column.
+    cur["dup_group"] = cur["item_id"]
+    io.write_parquet(chdir_tmp / "data/curated/curated.parquet", cur)
+    apart = set()
+    for seed in range(8):
+        _set(params, "export", seed=seed)
+        export.run(params)
+        splits = io.read_parquet(chdir_tmp / "data/export/splits.parquet").set_index("item_id")
+        apart.add(splits.loc[dup_id, "split"] != splits.loc[ids[0], "split"])
+    assert True in apart
+
+
+def test_curated_table_without_dup_group_is_a_clear_error(chdir_tmp: Path, ecssd: Path) -> None:
+    params = make_project(chdir_tmp, ecssd, 3)
+    cur = io.read_parquet(chdir_tmp / "data/curated/curated.parquet")
+    io.write_parquet(chdir_tmp / "data/curated/curated.parquet", cur.drop(columns=["dup_group"]))
+    with pytest.raises(UserError, match=r"lacks columns \['dup_group'\]; re-run `dvc repro curate`"):
+        export.run(params)
+
+
+def test_retired_near_duplicate_key_names_its_successor(chdir_tmp: Path, ecssd: Path) -> None:
+    params = make_project(chdir_tmp, ecssd, 2)
+    _set(params, "export", near_duplicate_max_distance=6)
+    with pytest.raises(ParamsError, match=r"export\.near_duplicate_max_distance: removed.*qa\.phash_max_distance"):
+        export.run(params)
 
 
 def test_zero_verified_items_is_a_clear_error(chdir_tmp: Path, ecssd: Path) -> None:

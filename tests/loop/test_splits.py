@@ -1,4 +1,4 @@
-"""Split logic: deterministic, leak-free over any grouping, stratified; near-duplicate clustering."""
+"""Split logic: deterministic, leak-free over any grouping, stratified; near-duplicate pair search and grouping."""
 
 from __future__ import annotations
 
@@ -12,14 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import io
-from pipeline.dataset.splits import (
-    SplitItem,
-    assign_splits,
-    components,
-    dhash,
-    near_duplicate_groups,
-    near_duplicate_pairs,
-)
+from pipeline.dataset.splits import SplitItem, assign_splits, components
+from qa.near_duplicates import cluster, near_duplicate_pairs, phash
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -92,28 +86,22 @@ def test_duplicate_ids_and_bad_fraction_rejected() -> None:
         assign_splits([SplitItem("a", 0.1)], FRACTIONS, 0, n_strata=0)
 
 
-def test_dhash_links_real_near_duplicates_only(ecssd: Path) -> None:
+def test_phash_groups_link_real_near_duplicates_only(ecssd: Path) -> None:
+    """The one near-duplicate system (qa.near_duplicates, curate's hash and threshold) on real photos."""
     paths = sorted((ecssd / "images").glob("*.jpg"))[:6]
     images = [io.read_image(p) for p in paths]
     h, w = images[0].shape[:2]
     # A near-duplicate: resized and re-encoded as JPEG at low quality.
     small = cv2.resize(images[0], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     dup = io.decode_image_bytes(io.encode_jpeg(small, quality=60))
-    hashes = {f"i{k}": dhash(im) for k, im in enumerate(images)}
-    hashes["dup"] = dhash(dup)
-    groups = near_duplicate_groups(hashes, max_distance=6)
-    assert groups["dup"] == groups["i0"] == "dup-dup"
+    hashes = {f"i{k}": phash(im) for k, im in enumerate(images)}
+    hashes["dup"] = phash(dup)
+    groups = cluster(hashes, max_distance=8)
+    assert groups["dup"] == groups["i0"] == "dup"
     assert len({groups[f"i{k}"] for k in range(1, 6)}) == 5
     assert groups["i1"] != groups["i0"]
-    assert near_duplicate_groups(hashes, -1)["dup"] == "dup-dup"  # disabled: every item alone
-    assert near_duplicate_groups(hashes, -1)["i0"] == "dup-i0"
-
-
-def test_dhash_is_64_bit_and_deterministic() -> None:
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
-    assert dhash(img) == dhash(img.copy())
-    assert 0 <= dhash(img) < 2**64
+    assert cluster(hashes, -1)["dup"] == "dup"  # no distance: every item alone
+    assert cluster(hashes, -1)["i0"] == "i0"
 
 
 def test_tiny_dataset_still_gets_every_split() -> None:

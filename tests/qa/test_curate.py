@@ -14,9 +14,11 @@ import pytest
 
 from pipeline.core import io
 from pipeline.core.errors import ConfigError
-from pipeline.core.params import ParamsError
+from pipeline.core.params import ParamsError, load_section
 from pipeline.stages import curate, ingest
+from qa.checks import QAParams
 from qa.decisions import DECISION_COLUMNS
+from qa.near_duplicates import cluster
 from qa.report import CURATED_COLUMNS, QUEUE_COLUMNS, REPORT_COLUMNS
 from tests.conftest import REPO, maskloop
 
@@ -185,6 +187,11 @@ def test_include_unverified_and_cli(proj: dict[str, object]) -> None:
     c, r, q, _ = tables()
     orig_id = manifest.loc[manifest.source_path == first.relative_to(root).as_posix(), "item_id"].iloc[0]
     assert c.loc[new_id, "dup_group"] == c.loc[orig_id, "dup_group"] == min(new_id, orig_id)
+    # dup_group is the one near-duplicate system (qa.near_duplicates at qa.phash_max_distance) that export's
+    # split guard reads: recomputing it from the written hashes gives the same groups.
+    qa_params = load_section(Path("params.yaml"), "qa", QAParams)
+    groups = cluster({str(k): str(h) for k, h in c["phash"].items() if h}, qa_params.phash_max_distance)
+    assert groups == {k: str(c.loc[k, "dup_group"]) for k in groups}
     dup = r[(r.item_id == new_id) & (r.check == "near_duplicate")].iloc[0]
     assert not dup.passed and dup.severity == "info" and orig_id in dup.detail
     # the copy has no mask at all: excluded, not queued for review

@@ -11,7 +11,7 @@ import pytest
 from pipeline.core import io
 from qa.checks import QAParams, run_checks
 from qa.fixes import FIXES, SAFE_FIXES, apply_fixes, get_fix
-from qa.phash import cluster, hamming, neighbours, phash
+from qa.near_duplicates import cluster, hamming, neighbours, phash
 from tests.qa.test_checks import BLOB_WITH_PINHOLE, BLOB_WITH_SPECK, DONUT, m
 
 P = QAParams(island_max_px=1, hole_max_px=1, island_max_fraction=0.0, hole_max_fraction=0.0)
