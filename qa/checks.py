@@ -56,6 +56,12 @@ from qa.components import Components, components
 SEVERITIES: tuple[str, ...] = ("none", "info", "warning", "error")
 """Severity levels in increasing order."""
 
+SEVERITY_ALIASES: dict[str, str] = {
+    "": "none", "ok": "none", "low": "info", "minor": "info", "warn": "warning", "medium": "warning",
+    "high": "error", "major": "error", "critical": "error", "fatal": "error",
+}
+"""Other tools' words for a severity, mapped onto :data:`SEVERITIES` (for review queues not written by curate)."""
+
 CHECKS: tuple[str, ...] = (
     "readable", "size_mismatch", "empty", "full", "fg_fraction", "non_binary", "islands", "holes", "large_holes",
     "border", "edge_alignment", "jaggedness", "disagreement", "near_duplicate",
