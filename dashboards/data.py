@@ -43,6 +43,8 @@ import pandas as pd
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import Paths, load_paths
+from qa.checks import SEVERITIES, SEVERITY_ALIASES
+from qa.checks import severity_rank as qa_severity_rank
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,6 @@ QUEUE_COLUMNS = (
 """Columns of the queue frame (:func:`load_queue`). ``checks`` is a sorted tuple of failed check names;
 ``severity_rank`` orders severities (higher = worse; 0 when none); ``decision`` is the latest review decision
 ("" when undecided)."""
-
-# known severity words, worst last; numbers are used as they are
-SEVERITY_ORDER: dict[str, int] = {
-    "": 0, "none": 0, "ok": 0, "info": 1, "low": 2, "minor": 2, "warning": 3, "warn": 3, "medium": 3,
-    "high": 4, "major": 4, "error": 5, "critical": 6, "fatal": 6,
-}
 
 STATUS_CHOICES = ("undecided", "accept", "reject", "fix")
 SortKey = Literal["severity", "uncertainty", "item_id"]
@@ -116,18 +112,21 @@ def read_table(path: Path, required: Sequence[str] = ()) -> pd.DataFrame | None:
 
 
 def severity_rank(value: Any) -> int:
-    """Rank of a severity given as a word (``warning``, ``error``...) or a number (rounded); 0 when empty."""
+    """Rank of a severity on the qa scale (:data:`qa.checks.SEVERITIES`, 0 = none), given as a word (``warning``,
+    ``error``, or an alias from :data:`qa.checks.SEVERITY_ALIASES`) or as a number (a rank, rounded); 0 when empty,
+    the rank of ``info`` for an unknown word."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return 0
     if isinstance(value, int | float | np.integer | np.floating):
         return round(float(value))
     word = str(value).strip().lower()
-    if word in SEVERITY_ORDER:
-        return SEVERITY_ORDER[word]
+    word = SEVERITY_ALIASES.get(word, word)
+    if word in SEVERITIES:
+        return qa_severity_rank(word)
     try:
         return round(float(word))
     except ValueError:
-        return 1
+        return qa_severity_rank("info")
 
 
 def _as_checks(value: Any) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.core.images import shrink_longest
+
 log = logging.getLogger(__name__)
 
 RGB = tuple[int, int, int]
@@ -175,12 +177,7 @@ def fit(image: np.ndarray, max_side: int) -> np.ndarray:
     """``image`` scaled down (area interpolation) so its longer side is at most ``max_side``; never upscaled."""
     if max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return image.copy()
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return shrink_longest(image, max_side)[0]
 
 
 def fit_box(image: np.ndarray, max_width: int, max_height: int, max_upscale: float = 3.0) -> np.ndarray:

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboards import auth, data, render
+from dashboards import data, render
 from dashboards.safe import html_text, md_text
 from pipeline.core import io
+from qa import reviewers as auth
 from qa.decision_store import DecisionStore, StoreError
 
 log = logging.getLogger("dashboards.review")

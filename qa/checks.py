@@ -51,10 +51,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.core.images import longest_side_scale, shrink_longest
 from qa.components import Components, components
 
 SEVERITIES: tuple[str, ...] = ("none", "info", "warning", "error")
 """Severity levels in increasing order."""
+
+SEVERITY_ALIASES: dict[str, str] = {
+    "": "none", "ok": "none", "low": "info", "minor": "info", "warn": "warning", "medium": "warning",
+    "high": "error", "major": "error", "critical": "error", "fatal": "error",
+}
+"""Other tools' words for a severity, mapped onto :data:`SEVERITIES` (for review queues not written by curate)."""
 
 CHECKS: tuple[str, ...] = (
     "readable", "size_mismatch", "empty", "full", "fg_fraction", "non_binary", "islands", "holes", "large_holes",
@@ -320,29 +327,17 @@ def check_border(fg: np.ndarray, params: QAParams) -> Finding:
 # --------------------------------------------------------------------------- geometry / image
 
 
-def _scale_for(shape: tuple[int, int], max_side: int) -> float:
-    return min(1.0, max_side / max(shape))
-
-
 def shrink(arr: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """``arr`` ((H, W) or (H, W, C) uint8) resized so its longer side is at most ``max_side``; returns
     ``(resized, scale)``. Large reductions first take every k-th pixel (down to twice the target size),
     then area-average: ~3x faster on 12 MP than area averaging alone, and smooth enough for gradients."""
-    h, w = arr.shape[:2]
-    scale = _scale_for((h, w), max_side)
-    if scale >= 1.0:
-        return arr, 1.0
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    k = int(1.0 / (2.0 * scale))
-    if k >= 2:
-        arr = np.ascontiguousarray(arr[::k, ::k])
-    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA), scale
+    return shrink_longest(arr, max_side, copy=False, subsample=True)
 
 
 def shrink_mask(fg: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Bool mask ``fg`` shrunk like :func:`shrink` (re-thresholded at half coverage)."""
     h, w = fg.shape
-    scale = _scale_for((h, w), max_side)
+    scale = longest_side_scale(h, w, max_side)
     if scale >= 1.0:
         return fg, 1.0
     k = int(1.0 / (2.0 * scale))

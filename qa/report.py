@@ -159,37 +159,3 @@ def metrics(curated: pd.DataFrame, qa_report: pd.DataFrame, queue: pd.DataFrame)
         "checks": by_check,
     }
 
-
-def status_lines(paths: Any) -> list[str]:
-    """The ``[qa]`` section of ``maskloop status``: included/verified counts, findings by check, queue."""
-    from pathlib import Path
-
-    from pipeline.core import io
-
-    metrics_path = Path(paths.metrics) / "qa.json"
-    if not metrics_path.is_file():
-        return ["curate has not run yet (`dvc repro` or `maskloop curate`)"]
-    m = io.read_json(metrics_path)
-    lines = [
-        f"{m.get('included', 0)} of {m.get('items', 0)} items in ground truth "
-        f"({m.get('included_verified', 0)} verified by a human, {m.get('included_unverified', 0)} unverified); "
-        f"{m.get('excluded', 0)} excluded, {m.get('rejected', 0)} rejected",
-    ]
-    if m.get("included_unverified"):
-        lines.append("    WARNING: unverified masks are included (curate.include_unverified: true)")
-    checks = m.get("checks", {})
-    flagged = [(c, v) for c, v in checks.items() if v.get("failed")]
-    if flagged:
-        lines.append("findings by check (failed / fixed automatically):")
-        for c, v in flagged:
-            lines.append(f"    {c:<16}{v['failed']:>6} failed {v['fixed']:>6} fixed")
-    else:
-        lines.append("no QA findings")
-    lines.append(f"{m.get('review_queue', 0)} items waiting for review (`maskloop review`)"
-                 + (f"; {m['stale_decisions']} stale decisions re-queued" if m.get("stale_decisions") else ""))
-    queue_path = Path(paths.curated) / "review_queue.parquet"
-    if m.get("review_queue") and queue_path.is_file():
-        q = io.read_parquet(queue_path)
-        for r in q.head(5).itertuples(index=False):
-            lines.append(f"    {r.item_id} [{r.max_severity}] {r.checks}")
-    return lines

@@ -13,7 +13,41 @@ from typing import Annotated, cast
 import typer
 
 from pipeline.core.errors import UserError
-from pipeline.core.params import DEFAULT_PARAMS
+from pipeline.core.params import DEFAULT_PARAMS, Paths
+
+
+def status_lines(paths: Paths) -> list[str]:
+    """The ``[qa]`` section of ``maskloop status`` (from the curate stage's ``metrics/qa.json`` and review
+    queue): included/verified counts, findings by check, queue."""
+    from pipeline.core import io
+
+    metrics_path = Path(paths.metrics) / "qa.json"
+    if not metrics_path.is_file():
+        return ["curate has not run yet (`dvc repro` or `maskloop curate`)"]
+    m = io.read_json(metrics_path)
+    lines = [
+        f"{m.get('included', 0)} of {m.get('items', 0)} items in ground truth "
+        f"({m.get('included_verified', 0)} verified by a human, {m.get('included_unverified', 0)} unverified); "
+        f"{m.get('excluded', 0)} excluded, {m.get('rejected', 0)} rejected",
+    ]
+    if m.get("included_unverified"):
+        lines.append("    WARNING: unverified masks are included (curate.include_unverified: true)")
+    checks = m.get("checks", {})
+    flagged = [(c, v) for c, v in checks.items() if v.get("failed")]
+    if flagged:
+        lines.append("findings by check (failed / fixed automatically):")
+        for c, v in flagged:
+            lines.append(f"    {c:<16}{v['failed']:>6} failed {v['fixed']:>6} fixed")
+    else:
+        lines.append("no QA findings")
+    lines.append(f"{m.get('review_queue', 0)} items waiting for review (`maskloop review`)"
+                 + (f"; {m['stale_decisions']} stale decisions re-queued" if m.get("stale_decisions") else ""))
+    queue_path = Path(paths.curated) / "review_queue.parquet"
+    if m.get("review_queue") and queue_path.is_file():
+        q = io.read_parquet(queue_path)
+        for r in q.head(5).itertuples(index=False):
+            lines.append(f"    {r.item_id} [{r.max_severity}] {r.checks}")
+    return lines
 
 
 def check_files(mask: Path, image: Path | None, pre: Path | None, params_path: Path) -> list[str]:

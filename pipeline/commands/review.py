@@ -1,7 +1,7 @@
 """``maskloop review`` (start the review dashboard) and ``maskloop review-export`` (the ``decisions`` stage).
 
 ``maskloop review`` runs the Streamlit app :mod:`dashboards.review` bound to 127.0.0.1 by default. With reviewers
-added by ``maskloop review-users add NAME`` (token hashes in a git-ignored file, :mod:`dashboards.auth`) the app
+added by ``maskloop review-users add NAME`` (token hashes in a git-ignored file, :mod:`qa.reviewers`) the app
 shows nothing until a reviewer signs in with their token, records decisions under that name, and may be bound
 to other interfaces; without reviewers it refuses any non-loopback ``--host``. Decisions go to the SQLite
 database ``paths.review_db``.
@@ -38,7 +38,7 @@ ENV_REVIEWER = "MASKLOOP_REVIEWER"
 def users_path(params_path: Path, given: Path | None = None) -> Path:
     """The reviewer users file: ``given``, else ``$MASKLOOP_REVIEW_USERS``, else ``.maskloop/review_users.json``
     next to the params file (git-ignored)."""
-    from dashboards.auth import DEFAULT_USERS_FILE, ENV_USERS_FILE
+    from qa.reviewers import DEFAULT_USERS_FILE, ENV_USERS_FILE
 
     if given is not None:
         return Path(given).resolve()
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
         """Open the QA review dashboard: work through flagged items, accept / fix / reject with a reason."""
 
         def start() -> None:
-            from dashboards import auth
+            from qa import reviewers as auth
 
             params_path = Path(params).resolve()
             paths = load_paths(params_path)

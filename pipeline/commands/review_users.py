@@ -1,7 +1,7 @@
 """``maskloop review-users add|list|remove``: the reviewers who may sign in to the review dashboard.
 
 Tokens are printed once by ``add`` and stored only as SHA-256 hashes in the users file (see
-:mod:`dashboards.auth`; default ``.maskloop/review_users.json`` next to ``params.yaml``, outside git).
+:mod:`qa.reviewers`; default ``.maskloop/review_users.json`` next to ``params.yaml``, outside git).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     @users_app.command("add")
     def add(name: str, params: ParamsOpt = DEFAULT_PARAMS, users_file: UsersOpt = None) -> None:
         """Add a reviewer (or give them a new token); prints the token once."""
-        from dashboards import auth
+        from qa import reviewers as auth
 
         def go() -> str:
             try:
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     @users_app.command("list")
     def list_(params: ParamsOpt = DEFAULT_PARAMS, users_file: UsersOpt = None) -> None:
         """List the reviewers who may sign in."""
-        from dashboards import auth
+        from qa import reviewers as auth
 
         path = _path(params, users_file)
 
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     @users_app.command("remove")
     def remove(name: str, params: ParamsOpt = DEFAULT_PARAMS, users_file: UsersOpt = None) -> None:
         """Remove a reviewer: their token stops working at their next click."""
-        from dashboards import auth
+        from qa import reviewers as auth
 
         path = _path(params, users_file)
 

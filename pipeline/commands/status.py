@@ -22,7 +22,7 @@ STAGE_ORDER = (
 # Extra sections: (title, function(paths) -> list of lines). Stages register theirs here.
 SECTIONS: list[tuple[str, Callable[[Paths], list[str]]]] = [
     ("preannotate", lambda paths: __import__("pipeline.stages.preannotate", fromlist=["status_lines"]).status_lines(paths)),
-    ("qa", lambda paths: __import__("qa.report", fromlist=["status_lines"]).status_lines(paths)),
+    ("qa", lambda paths: __import__("pipeline.commands.qa_check", fromlist=["status_lines"]).status_lines(paths)),
     ("review", lambda paths: __import__("pipeline.commands.review", fromlist=["status_lines"]).status_lines(paths)),
     ("matting", lambda paths: __import__("pipeline.stages.matte", fromlist=["status_lines"]).status_lines(paths)),
     ("loop", lambda paths: __import__("pipeline.commands.promote", fromlist=["status_lines"]).status_lines(paths)),

@@ -10,8 +10,8 @@ binary mask and a per-pixel foreground probability **at the image's full resolut
 measures. :class:`PreannotationResult` validates all of that in ``__post_init__``, so a buggy model can never
 write a mask of the wrong size or values.
 
-Resolution policy (:func:`inference_size`): models run on a copy whose longer side is at most their
-``max_side`` (never upscaled); probabilities are resized back to full resolution with bilinear interpolation
+Resolution policy (:func:`pipeline.core.images.shrink_longest`): models run on a copy whose longer side is
+at most their ``max_side`` (never upscaled); probabilities are resized back to full resolution with bilinear interpolation
 and thresholded at 0.5 (GrabCut additionally refines the edge with a guided filter on the full-size image).
 """
 
@@ -350,12 +350,6 @@ class Preannotator(Protocol):
 
 
 # --------------------------------------------------------------------------- measures & resizing
-
-
-def inference_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """``(h, w)`` with the longer side at most ``max_side``, aspect kept, never upscaled, each side >= 1."""
-    scale = min(1.0, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import cv2
 import numpy as np
 
+from pipeline.core.images import shrink_longest
 from pipeline.core.params import Paths
 from pipeline.preannotators.base import (
     VOC_FOREGROUND,
@@ -36,7 +36,6 @@ from pipeline.preannotators.base import (
     PredictContext,
     confidence_from,
     file_sha256,
-    inference_size,
     load_state_strict,
     load_torch_file,
     mask_from_probability,
@@ -100,8 +99,7 @@ def load_deeplab(params: DeepLabParams, device: Any) -> tuple[Any, str]:
 
 def to_tensor(image: np.ndarray, max_side: int) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` -> float32 ``(1, 3, h, w)`` ImageNet-normalised, longer side <= ``max_side``."""
-    h, w = inference_size(image.shape[0], image.shape[1], max_side)
-    small = image if (h, w) == image.shape[:2] else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    small, _ = shrink_longest(image, max_side, copy=False)
     x = (small.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 

@@ -41,6 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.core.images import shrink_longest
 from pipeline.core.params import Paths, params_digest
 from pipeline.preannotators import saliency as S
 from pipeline.preannotators.base import (
@@ -61,13 +62,9 @@ VERSION = "2"
 
 
 def downscale(image: np.ndarray, side: int) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` -> a copy whose longer side is at most ``side`` (area interpolation)."""
-    h, w = image.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale >= 1.0:
-        return image.copy()
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    """RGB uint8 ``(H, W, 3)`` -> a copy whose longer side is at most ``side`` (area interpolation;
+    :func:`pipeline.core.images.shrink_longest`)."""
+    return shrink_longest(image, side)[0]
 
 
 def border_saliency(image: np.ndarray, border_frac: float, k: int = 3, seed: int = 0) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 from dashboards import data
 from pipeline.core import io
 from pipeline.core.errors import UserError
+from qa.checks import SEVERITIES, SEVERITY_ALIASES, severity_rank
 from qa.decision_store import DecisionStore
 from tests.dashboard.synth import make_project
 
@@ -26,18 +27,25 @@ def _queue(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("value", "rank"),
-    [("none", 0), ("info", 1), ("warning", 3), ("error", 5), ("ERROR ", 5), (2, 2), (2.6, 3), ("4", 4),
-     (None, 0), (float("nan"), 0), ("strange", 1)],
+    [("none", 0), ("info", 1), ("warning", 2), ("error", 3), ("ERROR ", 3), ("ok", 0), ("warn", 2),
+     ("critical", 3), (2, 2), (2.6, 3), ("4", 4), (None, 0), (float("nan"), 0), ("strange", 1)],
 )
 def test_severity_rank(value: Any, rank: int) -> None:
     assert data.severity_rank(value) == rank
 
 
+def test_dashboard_ranks_severities_on_the_qa_scale() -> None:
+    """One scale: the dashboard orders the words curate writes exactly as qa.checks does."""
+    assert [data.severity_rank(s) for s in SEVERITIES] == [severity_rank(s) for s in SEVERITIES]
+    assert {data.severity_rank(a) for a in SEVERITY_ALIASES} <= {severity_rank(s) for s in SEVERITIES}
+
+
 def test_filter_and_sort_on_hand_made_queue() -> None:
+    warning, error = severity_rank("warning"), severity_rank("error")
     q = _queue([
-        {"item_id": "a", "checks": ("holes",), "severity": "warning", "severity_rank": 3, "uncertainty": 0.2},
-        {"item_id": "b", "checks": ("islands", "holes"), "severity": "error", "severity_rank": 5, "uncertainty": 0.1},
-        {"item_id": "c", "checks": ("border",), "severity": "warning", "severity_rank": 3, "uncertainty": 0.9,
+        {"item_id": "a", "checks": ("holes",), "severity": "warning", "severity_rank": warning, "uncertainty": 0.2},
+        {"item_id": "b", "checks": ("islands", "holes"), "severity": "error", "severity_rank": error, "uncertainty": 0.1},
+        {"item_id": "c", "checks": ("border",), "severity": "warning", "severity_rank": warning, "uncertainty": 0.9,
          "decision": "reject"},
         {"item_id": "d", "checks": (), "severity": "", "severity_rank": 0, "uncertainty": float("nan")},
     ])

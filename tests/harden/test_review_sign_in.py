@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboards import auth
+from qa import reviewers as auth
 from qa.decision_store import DecisionStore
 from tests.conftest import CHROMIUM_ARGS, VENV_BIN, free_port, maskloop, require_chromium
 from tests.dashboard.synth import make_project

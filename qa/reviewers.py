@@ -1,4 +1,5 @@
-"""Reviewer sign-in for the review dashboard: per-reviewer tokens whose hashes live in a file outside git.
+"""Reviewer sign-in (for the review dashboard and `maskloop review`): per-reviewer tokens whose hashes live in a
+file outside git.
 
 The file (default ``.maskloop/review_users.json`` next to ``params.yaml``; ``.maskloop/`` is git-ignored) maps a
 reviewer name to the SHA-256 of their token. Tokens are 32 random bytes (``secrets.token_urlsafe``), so a plain
