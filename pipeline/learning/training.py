@@ -29,6 +29,7 @@ import numpy as np
 
 from pipeline.core import io
 from pipeline.core.errors import UserError
+from pipeline.core.registry import check_device
 from pipeline.learning.segmenter import (
     ARCHS,
     MIN_RESOLUTION,
@@ -115,8 +116,7 @@ class TrainParams:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_device(self.device)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         from pipeline.preannotators.saliency import PRIORS

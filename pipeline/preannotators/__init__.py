@@ -8,8 +8,9 @@ loads its weights in the constructor and exposes ``spec`` and ``predict(image, c
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from pipeline.core.registry import registered_class
 
 if TYPE_CHECKING:
     from pipeline.core.params import Paths
@@ -33,12 +34,7 @@ def preannotator_module(name: str) -> str:
 
 def preannotator_class(name: str) -> type:
     """The class registered under ``name`` (ValueError listing the choices when unknown)."""
-    try:
-        target = PREANNOTATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown pre-annotator {name!r}; choose one of {sorted(PREANNOTATORS)}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return registered_class(PREANNOTATORS, name, "pre-annotator")
 
 
 def build_preannotator(name: str, params: PreannotateParams, paths: Paths) -> Preannotator:

@@ -28,6 +28,7 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.hashing import sha256_file
+from pipeline.core.registry import check_device
 
 log = logging.getLogger(__name__)
 
@@ -270,8 +271,7 @@ class PreannotateParams:
 
         if self.model not in PREANNOTATORS:
             raise ValueError(f"model {self.model!r} is not a pre-annotator; choose one of {sorted(PREANNOTATORS)}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = torch default), got {self.threads}")
         if self.model == "sam" and self.sam.prompt_from not in ("auto", *PREANNOTATORS):

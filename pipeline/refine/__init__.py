@@ -9,8 +9,9 @@ To add an engine, write the class and add one line here.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from pipeline.core.registry import registered_class
 
 if TYPE_CHECKING:
     from pipeline.core.params import Paths
@@ -25,12 +26,7 @@ REFINERS: dict[str, str] = {
 
 def refiner_class(name: str) -> type:
     """The class registered under ``name`` (ValueError listing the choices when unknown)."""
-    try:
-        target = REFINERS[name]
-    except KeyError:
-        raise ValueError(f"unknown refine engine {name!r}; choose one of {sorted(REFINERS)}") from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    return registered_class(REFINERS, name, "refine engine")
 
 
 def build_refiner(name: str, params: RefineParams, paths: Paths) -> Refiner:

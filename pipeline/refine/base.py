@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.registry import check_device
 
 if TYPE_CHECKING:
     from pipeline.core.params import Paths
@@ -344,8 +345,7 @@ class RefineParams:
 
         if self.engine not in REFINERS:
             raise ValueError(f"refine.engine {self.engine!r} is not an engine; choose one of {sorted(REFINERS)}")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
-            raise ValueError(f"refine.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device(self.device, "refine.device")
         if self.threads < 0 or self.cache_items < 1:
             raise ValueError("refine.threads must be >= 0 and refine.cache_items >= 1")
 
