@@ -79,7 +79,7 @@ COMMANDS: dict[str, str] = {
     "push": "pipeline.stages.push",
     "pull": "pipeline.stages.pull",
     "review": "pipeline.commands.review",
-    "review-export": "pipeline.commands.review",
+    "review-export": "pipeline.stages.decisions",
     "review-users": "pipeline.commands.review_users",
     "qa-check": "pipeline.commands.qa_check",
     "sam-prompt": "pipeline.commands.sam_prompt",

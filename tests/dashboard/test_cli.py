@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.commands.review import seed_from_export
+from pipeline.stages.decisions import seed_from_export
 from qa.decision_store import DecisionStore
 from qa.decisions import DECISION_COLUMNS
 from tests.conftest import free_port

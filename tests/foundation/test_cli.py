@@ -32,7 +32,7 @@ def test_commands_table_names_exactly_what_the_modules_register() -> None:
         (["-v", "curate", "--retry-failed"], ()),
         (["pull"], ("pipeline.stages.pull",)),
         (["--verbose", "pull", "--params", "p.yaml"], ("pipeline.stages.pull",)),
-        (["review-export", "--help"], ("pipeline.commands.review",)),
+        (["review-export", "--help"], ("pipeline.stages.decisions",)),
         (["--help"], cli.COMMAND_MODULES),
         ([], cli.COMMAND_MODULES),
         (["no-such-command"], cli.COMMAND_MODULES),
