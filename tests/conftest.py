@@ -94,6 +94,21 @@ def alphamatting(shared_data: Path) -> Path:
     return shared_data / "alphamatting-dev"
 
 
+@pytest.fixture(scope="session")
+def tiny_sam_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight ``vit_tiny`` SAM checkpoint (state dict) built by the loader's own builder: tests need no
+    downloaded weights (latency and plumbing, not quality)."""
+    import torch
+
+    from pipeline.preannotators.sam import SAM_ARCHS
+
+    torch.manual_seed(0)
+    model = SAM_ARCHS["vit_tiny"].build()
+    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
 def write_params(root: Path, text: str) -> Path:
     path = root / "params.yaml"
     path.write_text(text, encoding="utf-8")

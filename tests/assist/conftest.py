@@ -96,14 +96,3 @@ def pct(item_mask: np.ndarray, xy: tuple[int, int]) -> tuple[float, float]:
     return (xy[0] + 0.5) * 100.0 / w, (xy[1] + 0.5) * 100.0 / h
 
 
-@pytest.fixture(scope="session")
-def tiny_sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight ``vit_tiny`` SAM checkpoint (latency and plumbing, not quality)."""
-    import torch
-
-    from pipeline.preannotators.sam import SAM_ARCHS
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
-    torch.save(SAM_ARCHS["vit_tiny"].build().state_dict(), path)
-    return path

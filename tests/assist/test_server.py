@@ -226,7 +226,7 @@ def test_real_sam_engine_without_weights_names_the_fetch_command(assist_project:
 
 
 def test_sam_embedding_missing_from_the_cache_is_computed_once_then_cached(
-    assist_project: AssistProject, tiny_sam_checkpoint: Path, tmp_path: Path
+    assist_project: AssistProject, tiny_sam_ckpt: Path, tmp_path: Path
 ) -> None:
     """No embedding for the item in paths.sam_cache: the first click runs the encoder and stores it; later
     clicks (and a restarted server) read it."""
@@ -238,7 +238,7 @@ def test_sam_embedding_missing_from_the_cache_is_computed_once_then_cached(
     pos, neg = interior(gt > 0), interior(gt == 0)
     first = [keypoint(*pct(gt, pos), True, w, h)]
     both = [*first, keypoint(*pct(gt, neg), False, w, h)]
-    service = sam_service(assist_project, tiny_sam_checkpoint, tmp_path / "cache")
+    service = sam_service(assist_project, tiny_sam_ckpt, tmp_path / "cache")
     with TestClient(create_app(service)) as c:
         a = c.post("/predict", json=predict_body(item, first))
         assert a.status_code == 200, a.text
@@ -249,7 +249,7 @@ def test_sam_embedding_missing_from_the_cache_is_computed_once_then_cached(
         assert engine.encoder_calls == 1
     mask = decode(b.json())
     assert mask[pos[1], pos[0]] and not mask[neg[1], neg[0]]
-    restarted = sam_service(assist_project, tiny_sam_checkpoint, tmp_path / "cache")
+    restarted = sam_service(assist_project, tiny_sam_ckpt, tmp_path / "cache")
     with TestClient(create_app(restarted)) as c:
         assert c.post("/predict", json=predict_body(item, both)).status_code == 200
         assert restarted.engine().encoder_calls == 0

@@ -9,20 +9,6 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_sam_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight ``vit_tiny`` SAM checkpoint (state dict) built by the same builder the loader uses."""
-    import torch
-
-    from pipeline.preannotators.sam import SAM_ARCHS
-
-    torch.manual_seed(0)
-    model = SAM_ARCHS["vit_tiny"].build()
-    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def deeplab_voc_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """torchvision DeepLabV3-MobileNetV3-Large, 21 VOC classes with aux head, random weights."""
     import torch

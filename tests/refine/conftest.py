@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -27,16 +25,3 @@ def scene(h: int = 120, w: int = 160, seed: int = 0) -> tuple[np.ndarray, np.nda
 def drawn() -> tuple[np.ndarray, np.ndarray]:
     return scene()
 
-
-@pytest.fixture(scope="session")
-def tiny_sam_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight ``vit_tiny`` SAM checkpoint built by the loader's own builder."""
-    import torch
-
-    from pipeline.preannotators.sam import SAM_ARCHS
-
-    torch.manual_seed(0)
-    model = SAM_ARCHS["vit_tiny"].build()
-    path = tmp_path_factory.mktemp("ckpt") / "sam_tiny.pth"
-    torch.save(model.state_dict(), path)
-    return path
