@@ -76,6 +76,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_streamlit(proc: subprocess.Popen, port: int, timeout: float = 90.0) -> subprocess.Popen:  # type: ignore[type-arg]
+    """Return ``proc`` once the Streamlit app on ``port`` answers its health check with ``ok``; else stop the
+    process group and fail the test."""
+    import signal
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    raise AssertionError(f"the review dashboard did not come up within {timeout:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real photos with ground truth): skips outside CI when absent, fails under CI."""

@@ -14,8 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,15 @@ import pytest
 
 from pipeline.core import io
 from qa.decision_store import DecisionStore
-from tests.conftest import CHROMIUM_ARGS, VENV_BIN, copy_ecssd, free_port, maskloop, require_chromium
+from tests.conftest import (
+    CHROMIUM_ARGS,
+    VENV_BIN,
+    copy_ecssd,
+    free_port,
+    maskloop,
+    require_chromium,
+    wait_for_streamlit,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -81,16 +87,7 @@ def _start_review(root: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([str(VENV_BIN / "maskloop"), "review", "--port", str(port), "--reviewer", "e2e-rita"],
                             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise AssertionError("the review dashboard did not come up within 90 s")
+    return wait_for_streamlit(proc, port)
 
 
 def test_review_in_chromium_feeds_back_into_the_pipeline(pipeline_project: Path) -> None:

@@ -13,15 +13,13 @@ import os
 import signal
 import stat
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from qa import reviewers as auth
 from qa.decision_store import DecisionStore
-from tests.conftest import CHROMIUM_ARGS, VENV_BIN, free_port, maskloop, require_chromium
+from tests.conftest import CHROMIUM_ARGS, VENV_BIN, free_port, maskloop, require_chromium, wait_for_streamlit
 from tests.dashboard.synth import make_project
 
 
@@ -71,16 +69,7 @@ def _serve(root: Path, host: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([str(VENV_BIN / "maskloop"), "review", "--host", host, "--port", str(port),
                              "--reviewer", "typed-name"], cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return proc
-        except OSError:
-            time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise AssertionError("the review dashboard did not come up within 90 s")
+    return wait_for_streamlit(proc, port)
 
 
 @pytest.mark.browser
