@@ -714,7 +714,7 @@ class CvatBackend:
         return frames
 
     def pull(self, receipt: Sequence[ReceiptRow]) -> PullOutcome:
-        from pipeline.annotation.files import ExportedAnnotation, resolve_corrections
+        from pipeline.annotation.files import ExportedAnnotation, server_pull_outcome
 
         project = self.find_project()
         if project is None:
@@ -768,13 +768,7 @@ class CvatBackend:
                     created_at=iso_utc(str(job.created_date or "")), updated_at=iso_utc(str(job.updated_date or "")),
                 ))
         active = [r for r in receipt if r.backend == BACKEND and r.status == "active" and r.project_id == str(project.id)]
-        deleted = tuple(sorted({r.task_id for r in active if r.task_id not in on_server}, key=lambda t: (len(t), t)))
-        if deleted:
-            log.warning("%d CVAT tasks in the receipt were deleted on the server: %s", len(deleted),
-                        ", ".join(deleted[:10]))
-        outcome = resolve_corrections(anns, receipt)
-        return PullOutcome(corrections=outcome.corrections, problems=tuple(problems) + outcome.problems,
-                           deleted_tasks=deleted, skipped={**skipped, **dict(outcome.skipped)})
+        return server_pull_outcome(anns, receipt, active, on_server, problems, skipped, "CVAT")
 
     def status(self) -> Mapping[str, Any]:
         project = self.find_project()

@@ -156,6 +156,21 @@ def _recency(a: ExportedAnnotation) -> tuple[str, int, str]:
     return (a.updated_at or a.created_at, aid, a.annotation_id)
 
 
+def server_pull_outcome(annotations: Sequence[ExportedAnnotation], receipt: Sequence[ReceiptRow],
+                        active: Sequence[ReceiptRow], on_server: set[str], problems: Sequence[PullProblem],
+                        skipped: Mapping[str, int], tool: str) -> PullOutcome:
+    """A server backend's pull result: corrections resolved from ``annotations`` (:func:`resolve_corrections`),
+    the backend's own ``problems`` and ``skipped`` counts added, and the receipt's ``active`` tasks missing from
+    the server (``on_server``: task ids seen) reported (warned) as deleted, in task-id order."""
+    deleted = tuple(sorted({r.task_id for r in active if r.task_id not in on_server}, key=lambda t: (len(t), t)))
+    if deleted:
+        log.warning("%d %s tasks in the receipt were deleted on the server: %s", len(deleted), tool,
+                    ", ".join(deleted[:10]))
+    outcome = resolve_corrections(annotations, receipt)
+    return PullOutcome(corrections=outcome.corrections, problems=tuple(problems) + outcome.problems,
+                       deleted_tasks=deleted, skipped={**skipped, **dict(outcome.skipped)})
+
+
 def resolve_corrections(annotations: Sequence[ExportedAnnotation], receipt: Sequence[ReceiptRow] = (),
                         image_names: Mapping[str, str] | None = None) -> PullOutcome:
     """One correction per item from submitted annotations.

@@ -515,7 +515,7 @@ class LabelStudioBackend:
         return {int(u["id"]): str(u.get("email") or u.get("username") or u["id"]) for u in rows}
 
     def pull(self, receipt: Sequence[ReceiptRow]) -> PullOutcome:
-        from pipeline.annotation.files import ReadOptions, resolve_corrections
+        from pipeline.annotation.files import ReadOptions, server_pull_outcome
         from pipeline.annotation.formats_labelstudio import annotations_from_task
 
         project = self.find_project()
@@ -538,12 +538,7 @@ class LabelStudioBackend:
             for k, v in task_skipped.items():
                 skipped[k] = skipped.get(k, 0) + v
         active = [r for r in receipt if r.backend == BACKEND and r.project_id == str(pid)]
-        deleted = tuple(sorted({r.task_id for r in active if r.task_id not in on_server}))
-        if deleted:
-            log.warning("%d tasks in the receipt were deleted on the server: %s", len(deleted), ", ".join(deleted[:10]))
-        outcome = resolve_corrections(anns, receipt)
-        return PullOutcome(corrections=outcome.corrections, problems=tuple(problems) + outcome.problems,
-                           deleted_tasks=deleted, skipped={**skipped, **dict(outcome.skipped)})
+        return server_pull_outcome(anns, receipt, active, on_server, problems, skipped, "Label Studio")
 
     def status(self) -> Mapping[str, Any]:
         project = self.find_project()
