@@ -27,7 +27,6 @@ only the page's thumbnails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ import pandas as pd
 
 from pipeline.core import io
 from pipeline.core.errors import UserError
+from pipeline.core.hashing import sha256_file
 from pipeline.core.params import Paths, load_paths
 from qa.checks import SEVERITIES, SEVERITY_ALIASES
 from qa.checks import severity_rank as qa_severity_rank
@@ -352,9 +352,7 @@ def item_files(project: Project, item_id: str, image_path: str | Path) -> ItemFi
 
 def file_digest(path: Path | None) -> str:
     """SHA-256 hex of a file's bytes ("" for None): the ``mask_digest`` recorded with a decision."""
-    if path is None:
-        return ""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return "" if path is None else sha256_file(Path(path))
 
 
 FINDING_COLUMNS = ("check", "passed", "severity", "value", "threshold", "fixable")
