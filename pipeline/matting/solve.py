@@ -160,8 +160,25 @@ def _kernels() -> dict[str, Callable[..., object]]:
         h, w = index.shape
         span = 4 * r + 1
         indptr = np.zeros(n + 1, dtype=np.int64)
-        indices = np.empty(n * span * span, dtype=np.int32)
-        data = np.empty(n * span * span, dtype=np.float64)
+        # first pass: the exact number of entries (no over-allocation and no trimming copy: at 1M unknowns
+        # that is ~0.5 GB less at the peak of the assembly)
+        nnz = 0
+        for ii in range(n):
+            y = uy[ii]
+            x = ux[ii]
+            for dy in range(span):
+                yj = y + dy - 2 * r
+                if yj < 0 or yj >= h:
+                    continue
+                for dx in range(span):
+                    xj = x + dx - 2 * r
+                    if xj < 0 or xj >= w:
+                        continue
+                    jj = index[yj, xj]
+                    if jj >= 0 and (values[ii, dy, dx] != 0.0 or jj == ii):
+                        nnz += 1
+        indices = np.empty(nnz, dtype=np.int32)
+        data = np.empty(nnz, dtype=np.float64)
         k = 0
         for ii in range(n):
             y = uy[ii]
@@ -183,7 +200,7 @@ def _kernels() -> dict[str, Callable[..., object]]:
                         data[k] = v
                         k += 1
             indptr[ii + 1] = k
-        return indptr, indices[:k].copy(), data[:k].copy()
+        return indptr, indices, data
 
     _KERNELS["accumulate"] = accumulate
     _KERNELS["to_csr"] = to_csr
@@ -428,7 +445,8 @@ def solve_schwarz(
         from pymatting import ichol
 
         try:
-            local = ichol(scipy.sparse.csc_matrix(mat), discard_threshold=1e-3,
+            # CSR of a symmetric matrix: pymatting reads its transpose, the CSC view of the same arrays (no copy)
+            local = ichol(mat, discard_threshold=1e-3,
                           shifts=[1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0])
         except ValueError as exc:
             raise SolverError(f"{where}: incomplete Cholesky preconditioner failed: {exc}") from exc
