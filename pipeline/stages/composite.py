@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.matting.composite import (
     LINEAGE_COLUMNS,
     PROCEDURAL_PREFIX,
@@ -86,7 +86,8 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         state_root=paths.state, output_dirs=("images", "alpha", "masks", "trimaps"),
     )
     t0 = time.perf_counter()
-    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (table, Path(paths.matte) / INDEX_NAME, *(f.path for f in bg_inputs.values()))
+    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed, upstream=upstream)
     seconds = time.perf_counter() - t0
     rows = [row for _key, rec in result.records for row in rec.get("composites", [])]
     df = pd.DataFrame(rows, columns=list(LINEAGE_COLUMNS))

@@ -39,7 +39,7 @@ from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
 
@@ -489,7 +489,11 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
         name="export", params=params, root=root, process=process,
         state_root=paths.state, output_dirs=("matting",),
     )
-    result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (paths.manifest, Path(paths.curated) / "curated.parquet", Path(paths.curated) / INDEX_NAME,
+                Path(paths.trimap) / INDEX_NAME, Path(paths.matte) / INDEX_NAME,
+                Path(paths.composite) / "lineage.parquet", Path(paths.composite) / INDEX_NAME)
+    result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed,
+                       upstream=upstream)
     records = result.record_map()
     item_records = {k: r for k, r in records.items() if not r["composite"]}
     if not item_records:
