@@ -42,6 +42,7 @@ from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner,
 from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
+from pipeline.matting.composite import CompositeParams
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,16 @@ def dataset_version(rows: Sequence[tuple[str, str, str]]) -> str:
 # --------------------------------------------------------------------------- per-item work
 
 
+def composite_mask_trimap(alpha: np.ndarray, trimap_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """A composite's mask and trimap from its ``(H, W)`` uint8 alpha, exactly as
+    :func:`pipeline.matting.composite.compose` makes them: mask ``{0, 255}`` where ``a >= 128``; trimap
+    ``{0, 128, 255}`` = :func:`pipeline.matting.composite.trimap_from_alpha` (``trimap_px``: ``composite.trimap_px``).
+    The composite stage stores only image + alpha; export writes these two into the dataset."""
+    from pipeline.matting.composite import trimap_from_alpha
+
+    return np.where(alpha >= 128, 255, 0).astype(np.uint8), trimap_from_alpha(alpha, trimap_px)
+
+
 def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     """Copy one item's (or composite's) files into the matting folders and compute its RLE record."""
     name = str(work.data["name"])
@@ -167,11 +178,20 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     files: dict[str, bytes] = {}
     image = io.read_image(work.input("image"))
     h, w = image.shape[:2]
-    mask = io.read_mask(work.input("mask"), shape=(h, w))
+    trimap: np.ndarray | None = None
+    if "mask" in work.inputs:
+        mask = io.read_mask(work.input("mask"), shape=(h, w))
+        if "trimap" in work.inputs:
+            trimap = io.read_trimap(work.input("trimap"), shape=(h, w))
+    else:  # a composite: mask and trimap derived from its alpha
+        alpha_c = io.read_gray(work.input("alpha"))
+        if alpha_c.shape != (h, w):
+            raise ValueError(f"{work.input('alpha')}: alpha is {alpha_c.shape[1]}x{alpha_c.shape[0]}, expected {w}x{h}")
+        mask, trimap = composite_mask_trimap(alpha_c, int(work.data["trimap_px"]))
     files[f"matting/image/{name}.png"] = io.encode_png(image, compression)
     files[f"matting/mask/{name}.png"] = io.encode_png(mask, compression)
-    if "trimap" in work.inputs:
-        files[f"matting/trimap/{name}.png"] = io.encode_png(io.read_trimap(work.input("trimap"), shape=(h, w)), compression)
+    if trimap is not None:
+        files[f"matting/trimap/{name}.png"] = io.encode_png(trimap, compression)
     if "alpha" in work.inputs:
         alpha = io.read_gray(work.input("alpha"))
         if alpha.shape != (h, w):
@@ -263,8 +283,9 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lineage: Any,
-                composites: bool) -> list[WorkItem]:
-    """One work item per exported item, plus one per composite of an exported item (when enabled)."""
+                composites: bool, trimap_px: int = 5) -> list[WorkItem]:
+    """One work item per exported item, plus one per composite of an exported item (when enabled; a
+    composite's mask and trimap are derived from its alpha with ``trimap_px`` = ``composite.trimap_px``)."""
     works: list[WorkItem] = []
     curated_masks = Path(paths.curated) / "masks"
     for item_id in ids:
@@ -290,16 +311,13 @@ def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lin
             if src not in wanted:
                 continue
             image = _find_file(croot / "images", cid)
-            cmask = _find_file(croot / "masks", cid)
-            if image is None or cmask is None:
-                log.warning("composite %s of item %s: image or mask missing under %s; skipped", cid, src, croot)
+            calpha = _find_file(croot / "alpha", cid)
+            if image is None or calpha is None:
+                log.warning("composite %s of item %s: image or alpha missing under %s; skipped", cid, src, croot)
                 continue
-            inputs = {"image": FileInput(image), "mask": FileInput(cmask)}
-            for name, sub in (("trimap", "trimaps"), ("alpha", "alpha")):
-                found = _find_file(croot / sub, cid)
-                if found is not None:
-                    inputs[name] = FileInput(found)
-            works.append(WorkItem(key=cid, inputs=inputs, data={"name": cid, "item_id": src, "composite": True}))
+            inputs = {"image": FileInput(image), "alpha": FileInput(calpha)}
+            works.append(WorkItem(key=cid, inputs=inputs,
+                                  data={"name": cid, "item_id": src, "composite": True, "trimap_px": trimap_px}))
     return works
 
 
@@ -483,7 +501,8 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
     inputs = load_inputs(paths)
     ids = selected_items(inputs.curated, params.require_verified, Path(paths.curated) / "curated.parquet")
     items = {it.item_id: it for it in inputs.items}
-    works = build_works(paths, ids, items, inputs.lineage, params.composites)
+    trimap_px = load_section(params_path, "composite", CompositeParams).trimap_px
+    works = build_works(paths, ids, items, inputs.lineage, params.composites, trimap_px)
     root = Path(paths.export)
     stage: Stage[ExportParams] = Stage(
         name="export", params=params, root=root, process=process,

@@ -43,8 +43,7 @@ def exported(chdir_tmp: Path, ecssd: Path) -> Path:
         img = image[:, ::-1] if k else image
         m = mask[:, ::-1] if k else mask
         io.write_png(comp / "images" / f"{cid}.png", np.ascontiguousarray(img))
-        io.write_png(comp / "masks" / f"{cid}.png", np.ascontiguousarray(m))
-        io.write_png(comp / "alpha" / f"{cid}.png", np.ascontiguousarray(m))
+        io.write_png(comp / "alpha" / f"{cid}.png", np.ascontiguousarray(m))  # a hard alpha: mask = alpha
         rows.append({"composite_id": cid, "item_id": src, "background": f"bg{k}.jpg", "scale": 1.0, "dx": 0, "dy": 0,
                      "flip": bool(k), "seed": k})
     io.write_parquet(comp / "lineage.parquet", pd.DataFrame(rows))
@@ -101,7 +100,12 @@ def test_splits_table_and_composites_follow_their_item(exported: Path) -> None:
     listed = (root / "splits" / f"{split}.txt").read_text().split()
     assert set(lineage["composite_id"]) <= set(listed)
     assert int(splits.set_index("item_id").loc[src, "n_composites"]) == 2
-    assert (root / "matting/alpha" / f"{lineage['composite_id'].iloc[0]}.png").is_file()
+    cid = lineage["composite_id"].iloc[0]
+    alpha = io.read_gray(exported / "data/composite/alpha" / f"{cid}.png")
+    assert np.array_equal(io.read_gray(root / "matting/alpha" / f"{cid}.png"), alpha)
+    # the composite stage stores image + alpha only; export derives the mask and (no soft edge here) trimap
+    assert np.array_equal(io.read_mask(root / "matting/mask" / f"{cid}.png"), alpha)
+    assert np.array_equal(io.read_trimap(root / "matting/trimap" / f"{cid}.png"), alpha)
     summary = io.read_json(root / "dataset.json")
     assert summary["items"] == 10 and summary["composites"] == 2
     assert sum(s["items"] for s in summary["splits"].values()) == 10
@@ -233,3 +237,20 @@ def test_rle_helpers_on_hand_drawn_masks() -> None:
     assert np.array_equal(decoded * 255, m)
     empty = export.encode_rle(np.zeros((3, 4), np.uint8))
     assert export.rle_area_bbox(empty) == (0.0, [0.0, 0.0, 0.0, 0.0])
+
+
+def test_composite_mask_and_trimap_derived_by_export_equal_composes() -> None:
+    from pipeline.matting.composite import CompositeParams, Transform, compose
+
+    rng = np.random.default_rng(3)
+    fg = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    a = np.zeros((24, 32), np.uint8)
+    a[6:18, 8:24] = 255
+    a[6:18, 8] = 90  # a soft edge: unknown band in the trimap
+    for px in (0, 3):
+        params = CompositeParams(trimap_px=px)
+        comp, _h, _s = compose(fg, a, rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), Transform(0.9, 2, -1, True),
+                               params, rng)
+        mask, trimap = export.composite_mask_trimap(comp.alpha, px)
+        assert np.array_equal(mask, comp.mask) and np.array_equal(trimap, comp.trimap)
+        assert np.count_nonzero(trimap == 128) > 0
