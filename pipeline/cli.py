@@ -85,6 +85,7 @@ COMMANDS: dict[str, str] = {
     "sam-prompt": "pipeline.commands.sam_prompt",
     "evaluate-matting": "pipeline.commands.evaluate_matting",
     "promote": "pipeline.commands.promote",
+    "materialize": "pipeline.commands.materialize",
     "models": "pipeline.commands.models",
     "assist": "pipeline.commands.assist",
 }

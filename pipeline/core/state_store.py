@@ -1,7 +1,8 @@
 """The runner's per-item state: one SQLite database per stage instead of one JSON file per item.
 
 ``paths.state/<stage>/items.sqlite`` holds one row per item: ``key`` (primary key) and ``state`` (the canonical
-JSON record the runner keeps: fingerprint, input stats and digests, outputs, table record, status, timing).
+JSON record the runner keeps: fingerprint, input stats and digests, outputs, table record, status, timing), and a
+``meta`` table of stage-level records (the runner's key of the stage's last complete run: ``last_run``).
 
 Why SQLite and not a file per item: a stage of 100,000 items kept 100,000 small files (plus their folders) that
 every run opened, parsed and, on a deletion, listed; at 1M items that is the filesystem's inode budget and
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "items.sqlite"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID"
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
 
 
 def _dumps(state: Mapping[str, Any]) -> str:
@@ -63,6 +65,7 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_META_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise sqlite3.DatabaseError(
                 f"{self.path}: cannot open the runner's state database ({exc}); delete the folder {self.folder} "
@@ -129,6 +132,26 @@ class StateStore:
         if self._in_tx:
             self._db.execute("COMMIT")
             self._in_tx = False
+
+    # -- stage-level records (e.g. the runner's "last complete run" key, see pipeline.core.runner)
+    def get_meta(self, name: str) -> dict[str, Any] | None:
+        """The stage-level record ``name`` (a JSON object), or ``None`` when absent or unreadable."""
+        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put_meta(self, name: str, value: Mapping[str, Any]) -> None:
+        self._begin()
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, _dumps(value)))
+
+    def delete_meta(self, name: str) -> None:
+        self._begin()
+        self._db.execute("DELETE FROM meta WHERE name = ?", (name,))
 
     # -- upgrade from one JSON file per item
     def _legacy_files(self) -> Iterable[Path]:

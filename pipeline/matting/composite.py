@@ -14,10 +14,11 @@ Composition, in integers so it is exact and platform-independent (``a`` uint8)::
     I = (a * F + (255 - a) * B + 127) // 255
 
 The canvas is the foreground photo's size; the background is resized to cover it (then centre-cropped).
-Outputs per composite ``<item>_<k>``: ``images/*.png``, ``alpha/*.png``, ``masks/*.png`` (``a >= 128``),
-``trimaps/*.png`` (unknown = ``0 < a < 255`` dilated by ``trimap_px``), and a row of
+Outputs per composite ``<item>_<k>``: ``images/*.png``, ``alpha/*.png``, and a row of
 ``paths.composite/lineage.parquet`` (composite_id, item_id, background, scale, dx, dy, flip, seed,
-harmonize, shadow). A composite belongs to the split of its ``item_id`` (export must never put it in
+harmonize, shadow). Its mask (``a >= 128``) and trimap (unknown = ``0 < a < 255`` dilated by
+``trimap_px``, :func:`trimap_from_alpha`) are functions of the alpha: not stored, export derives them.
+A composite belongs to the split of its ``item_id`` (export must never put it in
 another split).
 """
 

@@ -1,5 +1,8 @@
 """Composite stage: for each matted item, ``composite.per_item`` seeded composites over the background
-pool, plus ``lineage.parquet``. The recipe and the output format are in :mod:`pipeline.matting.composite`."""
+pool, plus ``lineage.parquet``. The recipe is in :mod:`pipeline.matting.composite`. Files per composite:
+``images/<cid>.png`` (RGB) and ``alpha/<cid>.png``; its mask (``a >= 128``) and trimap
+(``trimap_from_alpha(a, composite.trimap_px)``) are functions of the alpha, so they are not stored here
+(export writes them into the dataset: :func:`pipeline.stages.export.composite_mask_trimap`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pandas as pd
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.matting.composite import (
     LINEAGE_COLUMNS,
     PROCEDURAL_PREFIX,
@@ -49,8 +52,8 @@ def process(work: WorkItem, params: CompositeParams, _resource: Any) -> ItemResu
         cid = f"{work.key}_{k:02d}"
         files[f"images/{cid}.png"] = io.encode_png(comp.image)
         files[f"alpha/{cid}.png"] = io.encode_png(comp.alpha)
-        files[f"masks/{cid}.png"] = io.encode_png(comp.mask)
-        files[f"trimaps/{cid}.png"] = io.encode_png(comp.trimap)
+        # masks (a >= 128) and trimaps are pure functions of the alpha: export derives them
+        # (pipeline.stages.export.composite_mask_trimap), half the files per composite for DVC and the disk
         rows.append({"composite_id": cid, "item_id": work.key, "background": name, "scale": t.scale,
                      "dx": t.dx, "dy": t.dy, "flip": t.flip, "seed": params.seed, "harmonize": harm,
                      "shadow": shadow})
@@ -83,10 +86,12 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
     ]
     stage: Stage[CompositeParams] = Stage(
         name="composite", params=params, root=paths.composite, process=process,
+        # masks/ and trimaps/ are no longer written (derived from alpha); listed so an upgrade sweeps old files
         state_root=paths.state, output_dirs=("images", "alpha", "masks", "trimaps"),
     )
     t0 = time.perf_counter()
-    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (table, Path(paths.matte) / INDEX_NAME, *(f.path for f in bg_inputs.values()))
+    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed, upstream=upstream)
     seconds = time.perf_counter() - t0
     rows = [row for _key, rec in result.records for row in rec.get("composites", [])]
     df = pd.DataFrame(rows, columns=list(LINEAGE_COLUMNS))

@@ -33,7 +33,16 @@ from pipeline.core import io
 from pipeline.core.errors import ConfigError
 from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, StageResult, WorkItem, hash_file, run_stage
+from pipeline.core.runner import (
+    INDEX_NAME,
+    FileInput,
+    ItemResult,
+    Stage,
+    StageResult,
+    WorkItem,
+    hash_file,
+    run_stage,
+)
 from qa import report
 from qa.checks import Finding, QAParams, check_readable, max_severity, run_checks
 from qa.decisions import latest_per_item, read_decisions
@@ -255,7 +264,9 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> Stage
         name="curate", params=cfg, root=paths.curated, process=process, state_root=paths.state,
         output_dirs=("masks",),
     )
-    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (paths.manifest, Path(paths.preannotate) / INDEX_NAME, paths.decisions,
+                Path(paths.corrections) / "corrections.parquet")
+    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed, upstream=upstream)
     tables = report.build_tables(result, cfg.qa, _uncertainty(paths))
     io.write_parquet(Path(paths.curated) / "curated.parquet", tables.curated)
     io.write_parquet(Path(paths.curated) / "qa_report.parquet", tables.qa_report)

@@ -1,11 +1,12 @@
 """Export stage: the versioned dataset (COCO RLE, matting folders, leak-free splits, dataset card).
 
 Reads the curated masks (``paths.curated``), and, when present, trimaps, alpha + foreground, composites with
-their lineage, pre-annotations, corrections and review decisions. Writes under ``paths.export``::
+their lineage, pre-annotations, corrections and review decisions. The dataset under ``paths.export``::
 
     matting/image/<id>.png        upright RGB source image (items) or composite image
     matting/mask/<id>.png         binary mask {0,255}
-    matting/trimap/<id>.png       {0,128,255}            (when the trimap stage produced one)
+    matting/trimap/<id>.png       {0,128,255}            (when the trimap stage produced one; a composite's is
+                                                          derived from its alpha)
     matting/alpha/<id>.png        8-bit alpha            (when the matte/composite stages produced one)
     matting/foreground/<id>.png   RGB foreground colour  (items with a matte only)
     matting/cutout/<id>.png       RGBA cutout: straight foreground colours + alpha, 8 or 16 bit as the
@@ -15,6 +16,14 @@ their lineage, pre-annotations, corrections and review decisions. Writes under `
     splits.parquet                item_id, split, component, fg_fraction, dup_group, n_composites
     dataset.json                  dataset version (content hash), counts, split sizes
     README.md                     the dataset card
+    matting.parquet               every matting file of the dataset: name, folder, path, sha256, bytes, written
+
+**By reference.** Only the folders in ``export.materialize`` (default ``image`` and ``mask``: what COCO readers,
+training and evaluation open) are written as files; the others (trimap, alpha, foreground, cutout: each a pure
+function of upstream stage outputs that DVC already versions) are listed in ``matting.parquet`` with their
+SHA-256, and ``maskloop materialize --out DIR`` writes the complete folder layout, byte-identical to what the
+export would have written and checked against those digests (:mod:`pipeline.commands.materialize`). The dataset
+version and the COCO documents are the same either way (the version hashes every file's bytes).
 
 Per-item work (decode, RLE, copy files) runs on the incremental runner: only changed items are redone.
 Splits (:mod:`pipeline.dataset.splits`) are recomputed from all items each run (cheap) and are deterministic.
@@ -31,7 +40,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,15 +48,19 @@ from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
+from pipeline.matting.composite import CompositeParams
 
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dup_group", "n_composites")
+MATTING_TABLE = "matting.parquet"
+MATTING_COLUMNS = ("name", "folder", "path", "sha256", "bytes", "written")
 CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
-FOLDERS = ("image", "mask", "trimap", "alpha", "foreground", "cutout")
+MattingFolder = Literal["image", "mask", "trimap", "alpha", "foreground", "cutout"]
+FOLDERS: tuple[MattingFolder, ...] = ("image", "mask", "trimap", "alpha", "foreground", "cutout")
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class ExportParams:
     ``included`` item. Near-duplicate groups (``dup_group``) come from curate (``qa.phash_max_distance``) and
     are never split apart. ``n_strata``: foreground-size strata.
     ``composites``: include composites (in their source item's split).
+    ``materialize``: matting folders written as files; the others are listed by reference in ``matting.parquet``
+    and written on demand by ``maskloop materialize`` (all six: the full layout in the export folder itself).
     """
 
     seed: int = 0
@@ -83,8 +98,12 @@ class ExportParams:
     require_verified: bool = True
     composites: bool = True
     png_compression: int = 3
+    materialize: tuple[MattingFolder, ...] = ("image", "mask")
 
     def __post_init__(self) -> None:
+        if not {"image", "mask"} <= set(self.materialize):
+            raise ValueError(f"materialize must include image and mask (COCO, training and evaluation read them), "
+                             f"got {list(self.materialize)}")
         if self.n_strata < 1:
             raise ValueError(f"n_strata must be >= 1, got {self.n_strata}")
         if not 0 <= self.png_compression <= 9:
@@ -160,6 +179,16 @@ def dataset_version(rows: Sequence[tuple[str, str, str]]) -> str:
 # --------------------------------------------------------------------------- per-item work
 
 
+def composite_mask_trimap(alpha: np.ndarray, trimap_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """A composite's mask and trimap from its ``(H, W)`` uint8 alpha, exactly as
+    :func:`pipeline.matting.composite.compose` makes them: mask ``{0, 255}`` where ``a >= 128``; trimap
+    ``{0, 128, 255}`` = :func:`pipeline.matting.composite.trimap_from_alpha` (``trimap_px``: ``composite.trimap_px``).
+    The composite stage stores only image + alpha; export writes these two into the dataset."""
+    from pipeline.matting.composite import trimap_from_alpha
+
+    return np.where(alpha >= 128, 255, 0).astype(np.uint8), trimap_from_alpha(alpha, trimap_px)
+
+
 def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     """Copy one item's (or composite's) files into the matting folders and compute its RLE record."""
     name = str(work.data["name"])
@@ -167,11 +196,20 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     files: dict[str, bytes] = {}
     image = io.read_image(work.input("image"))
     h, w = image.shape[:2]
-    mask = io.read_mask(work.input("mask"), shape=(h, w))
+    trimap: np.ndarray | None = None
+    if "mask" in work.inputs:
+        mask = io.read_mask(work.input("mask"), shape=(h, w))
+        if "trimap" in work.inputs:
+            trimap = io.read_trimap(work.input("trimap"), shape=(h, w))
+    else:  # a composite: mask and trimap derived from its alpha
+        alpha_c = io.read_gray(work.input("alpha"))
+        if alpha_c.shape != (h, w):
+            raise ValueError(f"{work.input('alpha')}: alpha is {alpha_c.shape[1]}x{alpha_c.shape[0]}, expected {w}x{h}")
+        mask, trimap = composite_mask_trimap(alpha_c, int(work.data["trimap_px"]))
     files[f"matting/image/{name}.png"] = io.encode_png(image, compression)
     files[f"matting/mask/{name}.png"] = io.encode_png(mask, compression)
-    if "trimap" in work.inputs:
-        files[f"matting/trimap/{name}.png"] = io.encode_png(io.read_trimap(work.input("trimap"), shape=(h, w)), compression)
+    if trimap is not None:
+        files[f"matting/trimap/{name}.png"] = io.encode_png(trimap, compression)
     if "alpha" in work.inputs:
         alpha = io.read_gray(work.input("alpha"))
         if alpha.shape != (h, w):
@@ -188,8 +226,9 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     rle = encode_rle(mask)
     area, bbox = rle_area_bbox(rle)
     digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+    written = {k: v for k, v in files.items() if k.split("/")[1] in params.materialize}
     return ItemResult(
-        files=files,
+        files=written,
         record={
             "name": name,
             "item_id": str(work.data["item_id"]),
@@ -203,6 +242,8 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
             "fg_fraction": area / float(h * w) if h * w else 0.0,
             "digest": digest,
             "folders": sorted({k.split("/")[1] for k in files}),
+            # every matting file of this image (written or by reference): path, sha256, bytes
+            "files": [[k, hashlib.sha256(files[k]).hexdigest(), len(files[k])] for k in sorted(files)],
         },
     )
 
@@ -263,8 +304,9 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 
 def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lineage: Any,
-                composites: bool) -> list[WorkItem]:
-    """One work item per exported item, plus one per composite of an exported item (when enabled)."""
+                composites: bool, trimap_px: int = 5) -> list[WorkItem]:
+    """One work item per exported item, plus one per composite of an exported item (when enabled; a
+    composite's mask and trimap are derived from its alpha with ``trimap_px`` = ``composite.trimap_px``)."""
     works: list[WorkItem] = []
     curated_masks = Path(paths.curated) / "masks"
     for item_id in ids:
@@ -290,16 +332,13 @@ def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lin
             if src not in wanted:
                 continue
             image = _find_file(croot / "images", cid)
-            cmask = _find_file(croot / "masks", cid)
-            if image is None or cmask is None:
-                log.warning("composite %s of item %s: image or mask missing under %s; skipped", cid, src, croot)
+            calpha = _find_file(croot / "alpha", cid)
+            if image is None or calpha is None:
+                log.warning("composite %s of item %s: image or alpha missing under %s; skipped", cid, src, croot)
                 continue
-            inputs = {"image": FileInput(image), "mask": FileInput(cmask)}
-            for name, sub in (("trimap", "trimaps"), ("alpha", "alpha")):
-                found = _find_file(croot / sub, cid)
-                if found is not None:
-                    inputs[name] = FileInput(found)
-            works.append(WorkItem(key=cid, inputs=inputs, data={"name": cid, "item_id": src, "composite": True}))
+            inputs = {"image": FileInput(image), "alpha": FileInput(calpha)}
+            works.append(WorkItem(key=cid, inputs=inputs,
+                                  data={"name": cid, "item_id": src, "composite": True, "trimap_px": trimap_px}))
     return works
 
 
@@ -452,7 +491,12 @@ def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence
               "(`pycocotools.coco.COCO`).", "- `matting/{image,mask,trimap,alpha,foreground}/<name>.png`; "
               "`matting/cutout/<name>.png`: RGBA, straight foreground colours + alpha (8 or 16 bit, as `matte.alpha_bits`), items with a matte only; composites "
               "are named by composite id and have no `foreground/` file.", "- `splits.parquet`, `splits/<split>.txt`, "
-              "`dataset.json`.", ""]
+              "`dataset.json`; `matting.parquet`: every matting file with its SHA-256.", ""]
+    referenced = [f for f in FOLDERS if f not in summary.get("materialized", FOLDERS)]
+    if referenced:
+        lines += [f"Written in this folder: `matting/{{{','.join(f for f in FOLDERS if f not in referenced)}}}`. "
+                  f"By reference (listed in `matting.parquet`): `matting/{{{','.join(referenced)}}}`; "
+                  "`maskloop materialize --out DIR` writes the complete layout, checked against those digests.", ""]
     return "\n".join(lines)
 
 
@@ -476,20 +520,45 @@ def load_inputs(paths: Paths) -> ExportInputs:
     )
 
 
+def matting_table(records: Mapping[str, Mapping[str, Any]], materialize: Sequence[str]) -> Any:
+    """The ``matting.parquet`` frame: one row per matting file of the dataset (written or by reference),
+    sorted by path: ``name, folder, path, sha256, bytes, written``."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = []
+    for rec in records.values():
+        for path, sha, size in rec.get("files", []):
+            folder = str(path).split("/")[1]
+            rows.append({"name": str(rec["name"]), "folder": folder, "path": str(path), "sha256": str(sha),
+                         "bytes": int(size), "written": folder in materialize})
+    rows.sort(key=lambda r: str(r["path"]))
+    return pd.DataFrame(rows, columns=list(MATTING_COLUMNS))
+
+
+def export_works(paths: Paths, params: ExportParams, params_path: Path) -> tuple[ExportInputs, list[str], list[WorkItem]]:
+    """The export's inputs, selected item ids and work items (shared with ``maskloop materialize``)."""
+    inputs = load_inputs(paths)
+    ids = selected_items(inputs.curated, params.require_verified, Path(paths.curated) / "curated.parquet")
+    items = {it.item_id: it for it in inputs.items}
+    trimap_px = load_section(params_path, "composite", CompositeParams).trimap_px
+    return inputs, ids, build_works(paths, ids, items, inputs.lineage, params.composites, trimap_px)
+
+
 def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[str, Any]:
     """Export the verified dataset; returns the ``dataset.json`` summary."""
     paths = load_paths(params_path)
     params = load_section(params_path, "export", ExportParams)
-    inputs = load_inputs(paths)
-    ids = selected_items(inputs.curated, params.require_verified, Path(paths.curated) / "curated.parquet")
-    items = {it.item_id: it for it in inputs.items}
-    works = build_works(paths, ids, items, inputs.lineage, params.composites)
+    inputs, ids, works = export_works(paths, params, params_path)
     root = Path(paths.export)
     stage: Stage[ExportParams] = Stage(
         name="export", params=params, root=root, process=process,
         state_root=paths.state, output_dirs=("matting",),
     )
-    result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (paths.manifest, Path(paths.curated) / "curated.parquet", Path(paths.curated) / INDEX_NAME,
+                Path(paths.trimap) / INDEX_NAME, Path(paths.matte) / INDEX_NAME,
+                Path(paths.composite) / "lineage.parquet", Path(paths.composite) / INDEX_NAME)
+    result = run_stage(stage, works, load_runner(params_path), reports_dir=paths.reports, retry_failed=retry_failed,
+                       upstream=upstream)
     records = result.record_map()
     item_records = {k: r for k, r in records.items() if not r["composite"]}
     if not item_records:
@@ -507,6 +576,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
         io.write_json(root / "coco" / f"{s}.json", coco_document(recs, s, version))
         io.write_text(root / "splits" / f"{s}.txt", "".join(f"{r['name']}\n" for r in recs))
     io.write_parquet(root / "splits.parquet", splits)
+    io.write_parquet(root / MATTING_TABLE, matting_table(records, params.materialize))
     files = Counter(f for r in records.values() for f in r["folders"])
     comp_sizes = Counter(splits["component"])
     cur = inputs.curated
@@ -532,6 +602,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
         "groups": len(comp_sizes),
         "multi_item_groups": sum(1 for v in comp_sizes.values() if v > 1),
         "failed": result.n_failed,
+        "materialized": [f for f in FOLDERS if f in params.materialize],
         "params": {"seed": params.seed, "splits": params.splits.as_dict()},
     }
     card = dataset_card({**summary, "_decisions_path": str(paths.decisions)}, inputs, sorted(item_records), splits)

@@ -42,7 +42,7 @@ from pipeline.core.params import (
     params_digest,
     to_jsonable,
 )
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.matting.solve import FG, UNKNOWN, SolverError, solve_band_cf, split_regions
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,8 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         name="matte", params=params, root=paths.matte, process=process,
         state_root=paths.state, output_dirs=("alpha", "foreground"), warmup=_warmup,
     )
-    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (paths.manifest, table, Path(paths.trimap) / INDEX_NAME)
+    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed, upstream=upstream)
     df = result.frame(MATTE_COLUMNS)
     io.write_parquet(Path(paths.matte) / "matte.parquet", df)
     log.info("matte: %d mattes (%d computed, %d failed)", len(df), result.n_computed, result.n_failed)

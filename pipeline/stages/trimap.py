@@ -13,7 +13,7 @@ from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.items import ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
-from pipeline.core.runner import FileInput, ItemResult, Stage, WorkItem, run_stage
+from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.matting.trimap import TRIMAP_COLUMNS, TrimapParams, make_trimap
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> pd.Da
         name="trimap", params=params, root=paths.trimap, process=process,
         state_root=paths.state, output_dirs=("trimaps",),
     )
-    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed)
+    upstream = (paths.manifest, Path(paths.curated) / "curated.parquet", Path(paths.curated) / INDEX_NAME)
+    result = run_stage(stage, works, runner, reports_dir=paths.reports, retry_failed=retry_failed, upstream=upstream)
     df = result.frame(TRIMAP_COLUMNS)
     io.write_parquet(Path(paths.trimap) / "trimaps.parquet", df)
     log.info("trimap: %d trimaps (%d computed, %d failed)", len(df), result.n_computed, result.n_failed)

@@ -51,10 +51,15 @@ def works_for(input_dir: Path, explode: tuple[str, ...] = ()) -> list[WorkItem]:
 
 
 def run(input_dir: Path, out_root: Path, state_root: Path, workers: int, params: DimParams,
-        version: str = "1", max_failure_fraction: float = 0.5, explode: tuple[str, ...] = ()) -> StageResult:
+        version: str = "1", max_failure_fraction: float = 0.5, explode: tuple[str, ...] = (),
+        shortcut: bool = False, executor: Any = None) -> StageResult:
+    """``shortcut``: name every input file as upstream (enables the runner's stage-level shortcut)."""
     stage = make_stage(out_root, state_root, params, version)
     runner = RunnerParams(workers=workers, max_failure_fraction=max_failure_fraction, progress=False)
-    result = run_stage(stage, works_for(input_dir, explode), runner, reports_dir=out_root.parent / "reports")
+    works = works_for(input_dir, explode)
+    upstream = [w.input("image") for w in works] if shortcut else []
+    result = run_stage(stage, works, runner, reports_dir=out_root.parent / "reports", executor=executor,
+                       upstream=upstream)
     io.write_parquet(out_root / "dim.parquet", result.frame(["item_id", "mean", "h"]))
     return result
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.core import io
+from pipeline.core import runner as runner_mod
 from pipeline.core.params import RunnerParams
 from pipeline.core.runner import (
     INDEX_NAME,
@@ -264,3 +265,65 @@ def test_index_follows_deletions_and_legacy_json_state_is_imported(ws: dict[str,
     assert len(index) == 6 and not any(inputs[0].stem in k for k in index)
     with StateStore(folder) as store:
         assert len(store) == 3
+
+
+def _no_reuse_check(*_a: Any, **_k: Any) -> bool:
+    raise AssertionError("the per-item reuse check ran although nothing changed")
+
+
+def test_shortcut_skips_the_per_item_check_when_nothing_changed(ws: dict[str, Path], monkeypatch: Any) -> None:
+    inputs = make_inputs(ws["inp"], 5)
+    r1 = run(ws, shortcut=True)
+    before = tree(ws["out"])
+    os.utime(inputs[3], ns=(1, 1))  # touched, same bytes: re-hashed (stat changed), still nothing changed
+    with monkeypatch.context() as m:
+        m.setattr(runner_mod, "_check_reusable", _no_reuse_check)
+        r2 = run(ws, shortcut=True)
+    assert r2.n_computed == 0 and r2.records == r1.records and [o.key for o in r2.outcomes] == [o.key for o in r1.outcomes]
+    assert tree(ws["out"]) == before
+    # an output deleted by hand, a stray file in an output folder: no shortcut, the runner repairs
+    (ws["out"] / "dim" / "img001.png").unlink()
+    (ws["out"] / "sum" / "stray.json").write_text("{}")
+    r3 = run(ws, shortcut=True)
+    assert [o.key for o in r3.outcomes if o.computed] == ["img001"] and tree(ws["out"]) == before
+    # a changed input (content): no shortcut, only that item recomputed, same bytes as a clean build
+    io.write_png(inputs[2], np.zeros((24, 32, 3), np.uint8))
+    r4 = run(ws, shortcut=True)
+    assert [o.key for o in r4.outcomes if o.computed] == ["img002"]
+    clean = {**ws, "out": ws["tmp"] / "clean" / "dim", "state": ws["tmp"] / "clean_state"}
+    run(clean)
+    assert tree(ws["out"]) == tree(clean["out"])
+    # a param change is never shortcut
+    assert run(ws, shortcut=True, params=slow.DimParams(factor=3)).n_computed == 5
+
+
+def test_shortcut_needs_every_input_covered_and_a_killed_run_leaves_none(ws: dict[str, Path]) -> None:
+    make_inputs(ws["inp"], 6)
+    run(ws)  # no upstream named: no shortcut key is recorded
+    with StateStore(ws["state"] / "dim") as store:
+        assert store.get_meta(runner_mod.LAST_RUN) is None
+    run(ws, shortcut=True)
+    with StateStore(ws["state"] / "dim") as store:
+        assert store.get_meta(runner_mod.LAST_RUN) is not None
+
+    class Killed(RuntimeError):
+        pass
+
+    class DiesAfterTwo:
+        """An executor killed after two items (as a SIGKILL would leave it: some items committed)."""
+
+        def run(self, stage: Stage[Any], works: Any) -> Any:
+            for i, work in enumerate(works):
+                if i == 2:
+                    raise Killed
+                yield runner_mod.execute_item(stage, work)
+
+    with pytest.raises(Killed):
+        run(ws, shortcut=True, params=slow.DimParams(factor=3), executor=DiesAfterTwo())
+    with StateStore(ws["state"] / "dim") as store:
+        assert store.get_meta(runner_mod.LAST_RUN) is None  # deleted before any work started
+    r = run(ws, shortcut=True, params=slow.DimParams(factor=3))
+    assert r.n_computed == 4
+    clean = {**ws, "out": ws["tmp"] / "clean" / "dim", "state": ws["tmp"] / "clean_state"}
+    run(clean, params=slow.DimParams(factor=3))
+    assert tree(ws["out"]) == tree(clean["out"])

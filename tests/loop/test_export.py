@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
+from pipeline.commands.materialize import materialize
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import ParamsError, load_section
@@ -43,8 +45,7 @@ def exported(chdir_tmp: Path, ecssd: Path) -> Path:
         img = image[:, ::-1] if k else image
         m = mask[:, ::-1] if k else mask
         io.write_png(comp / "images" / f"{cid}.png", np.ascontiguousarray(img))
-        io.write_png(comp / "masks" / f"{cid}.png", np.ascontiguousarray(m))
-        io.write_png(comp / "alpha" / f"{cid}.png", np.ascontiguousarray(m))
+        io.write_png(comp / "alpha" / f"{cid}.png", np.ascontiguousarray(m))  # a hard alpha: mask = alpha
         rows.append({"composite_id": cid, "item_id": src, "background": f"bg{k}.jpg", "scale": 1.0, "dx": 0, "dy": 0,
                      "flip": bool(k), "seed": k})
     io.write_parquet(comp / "lineage.parquet", pd.DataFrame(rows))
@@ -101,7 +102,15 @@ def test_splits_table_and_composites_follow_their_item(exported: Path) -> None:
     listed = (root / "splits" / f"{split}.txt").read_text().split()
     assert set(lineage["composite_id"]) <= set(listed)
     assert int(splits.set_index("item_id").loc[src, "n_composites"]) == 2
-    assert (root / "matting/alpha" / f"{lineage['composite_id'].iloc[0]}.png").is_file()
+    cid = lineage["composite_id"].iloc[0]
+    alpha = io.read_gray(exported / "data/composite/alpha" / f"{cid}.png")
+    # the composite stage stores image + alpha only; export derives the mask (a hard alpha here: mask = alpha)
+    assert np.array_equal(io.read_mask(root / "matting/mask" / f"{cid}.png"), alpha)
+    # by default only image/ and mask/ are written; alpha/ and trimap/ are listed by reference (materialize)
+    assert sorted(p.name for p in (root / "matting").iterdir()) == ["image", "mask"]
+    listing = io.read_parquet(root / export.MATTING_TABLE).set_index("path")
+    assert listing.loc[f"matting/alpha/{cid}.png", "written"] == False  # noqa: E712  (numpy bool)
+    assert listing.loc[f"matting/mask/{cid}.png", "written"] == True  # noqa: E712
     summary = io.read_json(root / "dataset.json")
     assert summary["items"] == 10 and summary["composites"] == 2
     assert sum(s["items"] for s in summary["splits"].values()) == 10
@@ -233,3 +242,65 @@ def test_rle_helpers_on_hand_drawn_masks() -> None:
     assert np.array_equal(decoded * 255, m)
     empty = export.encode_rle(np.zeros((3, 4), np.uint8))
     assert export.rle_area_bbox(empty) == (0.0, [0.0, 0.0, 0.0, 0.0])
+
+
+def test_composite_mask_and_trimap_derived_by_export_equal_composes() -> None:
+    from pipeline.matting.composite import CompositeParams, Transform, compose
+
+    rng = np.random.default_rng(3)
+    fg = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    a = np.zeros((24, 32), np.uint8)
+    a[6:18, 8:24] = 255
+    a[6:18, 8] = 90  # a soft edge: unknown band in the trimap
+    for px in (0, 3):
+        params = CompositeParams(trimap_px=px)
+        comp, _h, _s = compose(fg, a, rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), Transform(0.9, 2, -1, True),
+                               params, rng)
+        mask, trimap = export.composite_mask_trimap(comp.alpha, px)
+        assert np.array_equal(mask, comp.mask) and np.array_equal(trimap, comp.trimap)
+        assert np.count_nonzero(trimap == 128) > 0
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_materialize_writes_what_a_full_export_writes(exported: Path, tmp_path: Path) -> None:
+    root = exported / "data/export"
+    listing = io.read_parquet(root / export.MATTING_TABLE)
+    assert set(listing["folder"]) == {"image", "mask", "alpha", "trimap"} and len(listing) == 10 * 2 + 2 * 4
+    out = tmp_path / "full"
+    result = materialize(exported / "params.yaml", out)
+    assert result.files == {"image": 12, "mask": 12, "alpha": 2, "trimap": 2} and result.recomputed == 2
+    got = _files(out / "matting")
+    assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == dict(
+        zip(listing["path"].str.removeprefix("matting/"), listing["sha256"], strict=True))
+    cid = str(io.read_parquet(exported / "data/composite/lineage.parquet")["composite_id"].iloc[0])
+    alpha = io.read_gray(exported / "data/composite/alpha" / f"{cid}.png")
+    assert np.array_equal(io.read_gray(out / "matting/alpha" / f"{cid}.png"), alpha)
+    assert np.array_equal(io.read_trimap(out / "matting/trimap" / f"{cid}.png"), alpha)  # hard alpha: no band
+    assert _files(out / "coco") == _files(root / "coco")
+    # the export with every folder written (the layout before by-reference) holds exactly these matting files,
+    # and the same dataset version and COCO documents
+    version = io.read_json(root / "dataset.json")["version"]
+    _set(exported / "params.yaml", "export", materialize=list(export.FOLDERS))
+    export.run(exported / "params.yaml")
+    assert _files(root / "matting") == got
+    assert io.read_json(root / "dataset.json")["version"] == version and _files(root / "coco") == _files(out / "coco")
+
+
+def test_materialize_refuses_changed_inputs_and_bad_requests(exported: Path, tmp_path: Path) -> None:
+    params = exported / "params.yaml"
+    with pytest.raises(UserError, match="inside the export folder"):
+        materialize(params, exported / "data/export/full")
+    with pytest.raises(UserError, match=r"unknown folder\(s\) \['alphas'\]"):
+        materialize(params, tmp_path / "a", ["alphas"])
+    # an upstream file changed since the export (e.g. a hand edit): the recomputed file would differ
+    cid = str(io.read_parquet(exported / "data/composite/lineage.parquet")["composite_id"].iloc[0])
+    alpha_path = exported / "data/composite/alpha" / f"{cid}.png"
+    io.write_png(alpha_path, (io.read_gray(alpha_path) // 2).astype(np.uint8))
+    with pytest.raises(UserError, match=rf"matting/alpha/{cid}.png recomputed from the workspace differs"):
+        materialize(params, tmp_path / "b", ["alpha"])
+    _set(params, "export", materialize=["image"])
+    with pytest.raises(ParamsError, match="materialize must include image and mask"):
+        export.run(params)

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.commands.materialize import materialize
 from pipeline.core import io
 from pipeline.dataset.cutout import CutoutError, cutout, decode_cutout, read_alpha_native
 from pipeline.matting.composite import blend
@@ -79,7 +80,10 @@ def test_export_writes_cutouts_for_matted_items(tmp_path: Path, ecssd: Path, mon
     io.write_png(tmp_path / "data/matte/alpha" / f"{item}.png", encode_alpha(alpha, bits))
     io.write_png(tmp_path / "data/matte/foreground" / f"{item}.png", image)
     export.run(params)
-    out = tmp_path / "data/export/matting/cutout"
+    # cutouts are listed by reference (export.materialize: image, mask); `maskloop materialize` writes them
+    assert not (tmp_path / "data/export/matting/cutout").exists()
+    materialize(params, tmp_path / "full", ["cutout"])
+    out = tmp_path / "full/matting/cutout"
     assert sorted(p.name for p in out.iterdir()) == [f"{item}.png"]  # only the matted item has one
     rgb, a = decode_cutout((out / f"{item}.png").read_bytes())
     assert a.dtype == (np.uint16 if bits == 16 else np.uint8)

@@ -68,7 +68,8 @@ def test_trimap_matte_composite_stages(tmp_path: Path, ecssd: Path) -> None:
     lineage = io.read_parquet(root / "data" / "composite" / "lineage.parquet")
     assert len(lineage) == 4 and set(lineage["item_id"]) == set(matte["item_id"])
     first = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "data" / "composite").rglob("*.png"))}
-    assert len(first) == 16
+    # 2 items x 2 composites x (image + alpha): masks and trimaps are derived from alpha by export
+    assert len(first) == 8 and {k.split("/")[2] for k in first} == {"images", "alpha"}
 
     # same seed -> byte-identical files after a clean rebuild
     shutil.rmtree(root / "data" / "composite")
