@@ -134,11 +134,23 @@ def _deeplabv3(num_classes: int) -> torch.nn.Module:
     return deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
 
 
+def _unet_small(num_classes: int) -> torch.nn.Module:
+    from pipeline.learning.unet import SmallUNet
+
+    return SmallUNet(num_classes, width=8)
+
+
 ARCHS: dict[str, Callable[[int], torch.nn.Module]] = {
     "lraspp_mobilenet_v3_large": _lraspp,
     "deeplabv3_mobilenet_v3_large": _deeplabv3,
+    "unet_small": _unet_small,
 }
-"""Architecture name (``train.arch`` in params.yaml) -> builder ``(num_classes) -> nn.Module``."""
+"""Architecture name (``train.arch`` in params.yaml) -> builder ``(num_classes) -> nn.Module``. ``unet_small``
+(:mod:`pipeline.learning.unet`) is the one to train from scratch on CPU; the MobileNetV3 ones take
+ImageNet backbone weights (``train.pretrained_backbone``)."""
+
+BACKBONE_ARCHS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
+"""Architectures with a MobileNetV3-Large backbone that ``pretrained_backbone`` weights can fill."""
 
 
 def build_segmenter(arch: str, pretrained_backbone: Path | None = None, in_channels: int = 3) -> torch.nn.Module:
@@ -152,6 +164,9 @@ def build_segmenter(arch: str, pretrained_backbone: Path | None = None, in_chann
         raise UserError(f"unknown segmenter architecture {arch!r}; choose one of {sorted(ARCHS)}")
     model = ARCHS[arch](1)
     if pretrained_backbone is not None:
+        if arch not in BACKBONE_ARCHS:
+            raise UserError(f"train.pretrained_backbone: architecture {arch!r} has no ImageNet backbone; use one of "
+                            f"{sorted(BACKBONE_ARCHS)} or set it to null")
         _load_backbone(model, Path(pretrained_backbone))
     if in_channels != 3:
         _widen_input(model, in_channels)
@@ -165,6 +180,10 @@ def _widen_input(model: torch.nn.Module, in_channels: int) -> None:
 
     if in_channels < 3:
         raise UserError(f"a segmenter needs at least the 3 RGB input channels, got {in_channels}")
+    widen = getattr(model, "widen_input", None)
+    if callable(widen):
+        widen(in_channels)
+        return
     first = model.backbone["0"]  # type: ignore[index]
     conv = first[0]
     wide = torch.nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,

@@ -90,7 +90,8 @@ class AugmentParams:
 class TrainParams:
     """Section ``train`` of params.yaml (see docs/loop.md)."""
 
-    arch: Literal["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"] = "lraspp_mobilenet_v3_large"
+    arch: Literal["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "unet_small"] = (
+        "lraspp_mobilenet_v3_large")
     pretrained_backbone: Path | None = None
     resolution: int = 320
     epochs: int = 20

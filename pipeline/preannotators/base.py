@@ -178,13 +178,17 @@ class GrabCutParams:
 class TrainedParams:
     """Section ``preannotate.trained`` (see :mod:`pipeline.preannotators.trained`): ``refine: grabcut`` seeds
     GrabCut with ``prior_weight`` x the model's probability + the rest x the ``grabcut`` pre-annotator's
-    (``>= sure_fg`` definite foreground, ``< sure_bg`` definite background) and upsamples edge-aware like ``grabcut``; ``refine: none`` thresholds the probability."""
+    (``>= sure_fg`` definite foreground, ``< sure_bg`` definite background) and upsamples edge-aware like ``grabcut``; ``refine: none`` thresholds the probability.
+    ``candidates``: the masks the model chooses from (``model`` = that model-seeded GrabCut; ``border``, ``rect``,
+    ``salient`` = the ``grabcut`` pre-annotator's hypotheses); the one agreeing best with the model's
+    probability (soft IoU) wins."""
 
     refine: Literal["grabcut", "none"] = "grabcut"
     sure_fg: float = 0.9
     sure_bg: float = 0.1
     iterations: int = 8
     prior_weight: float = 0.5
+    candidates: tuple[str, ...] = ("model",)
 
     def __post_init__(self) -> None:
         if self.refine not in ("grabcut", "none"):
@@ -195,6 +199,11 @@ class TrainedParams:
             raise ValueError(f"trained.iterations must be in [1, 20], got {self.iterations}")
         if not 0.0 <= self.prior_weight <= 1.0:
             raise ValueError(f"trained.prior_weight must be in [0, 1], got {self.prior_weight}")
+        allowed = ("model", "border", "rect", "salient")
+        if not self.candidates or not set(self.candidates) <= set(allowed) or len(set(self.candidates)) != len(
+                self.candidates):
+            raise ValueError(f"trained.candidates must be distinct names from {list(allowed)}, got "
+                             f"{list(self.candidates)}")
 
 
 VOC_FOREGROUND = (

@@ -16,11 +16,18 @@ foreground/background on either side of the checkpoint's threshold (:func:`prior
 that start and cuts along colour edges; the result goes back to full size with the ``grabcut``
 pre-annotator's edge-aware upsampling (:func:`pipeline.preannotators.grabcut.upsample_refine`, configured by
 ``preannotate.grabcut``). ``refine: none`` thresholds the model's probability directly.
+
+The model also judges (``preannotate.trained.candidates``): besides its own seeded GrabCut (``model``), the
+``grabcut`` pre-annotator's hypotheses (``border``, ``rect``, ``salient``: GrabCut from weight-free starts) may be
+candidates; the candidate whose work-size mask agrees best with the model's probability (soft IoU,
+:func:`select_candidate`) is upsampled. A model that knows roughly *where* the object is thus picks the start
+that cut it cleanly, instead of its own coarse guess having to carry the edge.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,31 +104,50 @@ def fused_prior(small: np.ndarray, prob_model: np.ndarray, weight: float, grabcu
     return (weight * prob_model + (1.0 - weight) * prob_border).astype(np.float32)
 
 
-def refine_with_grabcut(
-    image: np.ndarray, prob_small: np.ndarray, small: np.ndarray, threshold: float, params: TrainedParams,
-    grabcut_params: GrabCutParams,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Model-seeded GrabCut: (mask uint8 {0, 255}, probability float32 [0, 1]), both ``(H, W)`` of ``image``.
+def seeded_foreground(prob_small: np.ndarray, small: np.ndarray, threshold: float, params: TrainedParams,
+                      grabcut_params: GrabCutParams) -> np.ndarray:
+    """Model-seeded GrabCut at work size: bool ``(h, w)`` foreground of ``small`` (RGB uint8 ``(h, w, 3)``) from
+    the prior ``prob_small`` float32 ``(h, w)`` (:func:`prior_labels`; islands below ``min_island_frac`` of the
+    largest dropped). When the prior has no foreground or no background pixel (GrabCut cannot fit two colour
+    models), the thresholded prior itself."""
+    from pipeline.preannotators import grabcut as gc
 
-    ``image``: the full RGB uint8 ``(H, W, 3)`` photo; ``small``: its ``work_side`` copy ``(h, w, 3)``;
-    ``prob_small``: the prior (model or :func:`fused_prior`) float32 ``(h, w)`` on ``small``. When the prior has no
-    foreground or no background pixel (GrabCut cannot fit two colour models), the model's thresholded
-    prior is used unrefined. The probability is the mean of the prior and the refined mask's
-    (edge-aware, soft) maps, kept on the mask's side of 0.5 so ``probability >= 0.5`` is exactly the mask.
-    """
+    labels = prior_labels(prob_small, threshold, params.sure_bg, params.sure_fg)
+    fg_seed = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    if not fg_seed.any() or fg_seed.all():
+        return fg_seed  # type: ignore[no-any-return]
+    out, _bgd, _fgd = gc.run_grabcut(small, labels, params.iterations)
+    fg = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
+    return gc._largest_components(fg, grabcut_params.min_island_frac) if fg.any() else fg  # type: ignore[no-any-return]
+
+
+def soft_iou(prob: np.ndarray, fg: np.ndarray) -> float:
+    """Soft IoU in [0, 1] of a probability float ``(h, w)`` and a bool mask ``(h, w)``:
+    ``sum(min(p, m)) / sum(max(p, m))`` (1 when both are empty)."""
+    m = fg.astype(np.float32)
+    union = float(np.maximum(prob, m).sum())
+    return float(np.minimum(prob, m).sum()) / union if union > 0 else 1.0
+
+
+def select_candidate(candidates: dict[str, np.ndarray], prob: np.ndarray) -> str:
+    """The name of the non-empty candidate mask (bool ``(h, w)`` each) with the highest :func:`soft_iou`
+    against the model's probability ``prob`` float ``(h, w)``; ties keep the dict's order; an empty
+    candidate only wins when all are empty. Raises ValueError when ``candidates`` is empty."""
+    if not candidates:
+        raise ValueError("select_candidate needs at least one candidate")
+    return max(candidates, key=lambda k: (bool(candidates[k].any()), soft_iou(prob, candidates[k])))
+
+
+def finish_mask(image: np.ndarray, fg_small: np.ndarray, prob_small: np.ndarray,
+                grabcut_params: GrabCutParams) -> tuple[np.ndarray, np.ndarray]:
+    """Work-size foreground bool ``(h, w)`` -> full size, edge-aware
+    (:func:`pipeline.preannotators.grabcut.upsample_refine`): (mask uint8 {0, 255}, probability float32
+    [0, 1]), both ``(H, W)`` of ``image``. The probability is the mean of ``prob_small`` (resized) and the
+    soft mask, kept on the mask's side of 0.5 so ``probability >= 0.5`` is exactly the mask."""
     from pipeline.preannotators import grabcut as gc
 
     h, w = image.shape[:2]
-    labels = prior_labels(prob_small, threshold, params.sure_bg, params.sure_fg)
-    fg_seed = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    if fg_seed.any() and not fg_seed.all():
-        out, _bgd, _fgd = gc.run_grabcut(small, labels, params.iterations)
-        fg = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
-        if fg.any():
-            fg = gc._largest_components(fg, grabcut_params.min_island_frac)
-    else:
-        fg = fg_seed
-    soft = gc.upsample_refine(fg.astype(np.float32), image, grabcut_params)
+    soft = gc.upsample_refine(fg_small.astype(np.float32), image, grabcut_params)
     mask = mask_from_probability(soft, 0.5)
     prob_full = cv2.resize(prob_small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     prob = (0.5 * (soft + prob_full)).astype(np.float32)
@@ -130,6 +156,20 @@ def refine_with_grabcut(
     np.minimum(prob, 0.499, out=prob, where=~fg_full)
     np.clip(prob, 0.0, 1.0, out=prob)
     return mask, prob
+
+
+def refine_with_grabcut(
+    image: np.ndarray, prob_small: np.ndarray, small: np.ndarray, threshold: float, params: TrainedParams,
+    grabcut_params: GrabCutParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model-seeded GrabCut: (mask uint8 {0, 255}, probability float32 [0, 1]), both ``(H, W)`` of ``image``.
+
+    ``image``: the full RGB uint8 ``(H, W, 3)`` photo; ``small``: its ``work_side`` copy ``(h, w, 3)``;
+    ``prob_small``: the prior (model or :func:`fused_prior`) float32 ``(h, w)`` on ``small``
+    (:func:`seeded_foreground`, then :func:`finish_mask`).
+    """
+    fg = seeded_foreground(prob_small, small, threshold, params, grabcut_params)
+    return finish_mask(image, fg, prob_small, grabcut_params)
 
 
 # --------------------------------------------------------------------------- registry class
@@ -164,6 +204,7 @@ class TrainedPreannotator:
 
     def predict(self, image: np.ndarray, context: PredictContext) -> PreannotationResult:
         from pipeline.learning import segmenter
+        from pipeline.preannotators import grabcut as gc
         from pipeline.preannotators.grabcut import downscale
 
         if self.params.refine == "none":
@@ -177,8 +218,16 @@ class TrainedPreannotator:
         if min(small.shape[:2]) < 8:
             raise ValueError(f"image {image.shape[1]}x{image.shape[0]} is too small to refine (needs >= 8 px a side)")
         prob_model = segmenter.predict_probability(self.model, self.meta, small, self.device)
-        prior = fused_prior(small, prob_model, self.params.prior_weight, self.grabcut_params)
-        mask, prob = refine_with_grabcut(
-            image, prior, small, float(self.meta.threshold), self.params, self.grabcut_params
-        )
+        prior = prob_model
+        found: dict[str, np.ndarray] = {}
+        if "model" in self.params.candidates:
+            prior = fused_prior(small, prob_model, self.params.prior_weight, self.grabcut_params)
+            found["model"] = seeded_foreground(prior, small, float(self.meta.threshold), self.params,
+                                               self.grabcut_params)
+        others = tuple(c for c in self.params.candidates if c != "model")
+        if others:
+            for hyp in gc.hypotheses(small, replace(self.grabcut_params, hypotheses=others)):
+                found[hyp.name] = hyp.fg
+        best = select_candidate({c: found[c] for c in self.params.candidates}, prob_model)
+        mask, prob = finish_mask(image, found[best], prior, self.grabcut_params)
         return PreannotationResult(mask=mask, probability=prob, confidence=confidence_from(prob, mask))

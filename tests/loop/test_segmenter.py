@@ -161,3 +161,29 @@ def test_unknown_or_repeated_priors_are_refused() -> None:
         SegmenterMeta(ARCH, 64, priors=("depth",))
     with pytest.raises(UserError, match="priors must be distinct names"):
         SegmenterMeta(ARCH, 64, priors=("mbd", "mbd"))
+
+
+def test_small_unet_takes_prior_channels_and_any_size(tmp_path: Path) -> None:
+    """unet_small (train from scratch on CPU): the prior channels widen its first convolution keeping the
+    RGB weights; it predicts at any input size (the decoder follows each skip's size) and round-trips."""
+    torch.manual_seed(0)
+    plain = build_segmenter("unet_small")
+    torch.manual_seed(0)
+    wide = build_segmenter("unet_small", None, in_channels=5)
+    w_plain, w_wide = plain.enc[0][0].weight, wide.enc[0][0].weight  # type: ignore[index,union-attr]
+    assert tuple(w_wide.shape[:2]) == (w_plain.shape[0], 5)
+    assert torch.equal(w_wide[:, :3], w_plain)
+    with torch.inference_mode():
+        assert wide.eval()(torch.zeros(2, 5, 40, 56))["out"].shape == (2, 1, 40, 56)
+    meta = SegmenterMeta("unet_small", 64, priors=("mbd", "backgroundness"))
+    path = tmp_path / "unet.pt"
+    save_checkpoint(path, wide, meta)
+    model, loaded = load_segmenter(path, "cpu", expected_arch="unet_small")
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    prob = predict_probability(model, loaded, image, "cpu")
+    assert prob.shape == (50, 70) and 0.0 <= float(prob.min()) <= float(prob.max()) <= 1.0
+
+
+def test_small_unet_has_no_imagenet_backbone(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="'unet_small' has no ImageNet backbone"):
+        build_segmenter("unet_small", tmp_path / "mobilenet_v3_large.pth")

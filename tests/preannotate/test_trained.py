@@ -11,7 +11,14 @@ import pytest
 from pipeline.core.errors import UserError
 from pipeline.core.params import Paths
 from pipeline.preannotators.base import GrabCutParams, PreannotateParams, PredictContext, TrainedParams
-from pipeline.preannotators.trained import TrainedPreannotator, fused_prior, prior_labels, refine_with_grabcut
+from pipeline.preannotators.trained import (
+    TrainedPreannotator,
+    fused_prior,
+    prior_labels,
+    refine_with_grabcut,
+    select_candidate,
+    soft_iou,
+)
 from tests.preannotate.conftest import object_on_background
 
 
@@ -37,7 +44,9 @@ def test_prior_labels_rejects_unordered_thresholds() -> None:
     ("kwargs", "match"),
     [({"refine": "crf"}, "refine must be grabcut or none"), ({"sure_bg": 0.6, "sure_fg": 0.5}, "sure_bg < sure_fg"),
      ({"sure_fg": 1.5}, "sure_bg < sure_fg"), ({"iterations": 0}, "iterations"),
-     ({"prior_weight": 1.2}, "prior_weight"), ({"prior_weight": -0.1}, "prior_weight")],
+     ({"prior_weight": 1.2}, "prior_weight"), ({"prior_weight": -0.1}, "prior_weight"),
+     ({"candidates": ()}, "candidates"), ({"candidates": ("model", "sam")}, "candidates"),
+     ({"candidates": ("rect", "rect")}, "candidates")],
 )
 def test_trained_params_errors(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -81,6 +90,24 @@ def test_refinement_without_foreground_falls_back_to_the_model() -> None:
     assert not mask.any() and (p < 0.5).all()
 
 
+def test_the_model_selects_the_candidate_it_agrees_with() -> None:
+    """soft IoU against the model's probability picks the candidate; an empty one never beats a drawn one."""
+    prob = np.zeros((4, 6), np.float32)
+    prob[1:3, 1:4] = 0.8  # the model sees a 2x3 object, not quite sure
+    exact = prob > 0
+    wide = np.zeros((4, 6), bool)
+    wide[:, :5] = True
+    empty = np.zeros((4, 6), bool)
+    assert soft_iou(prob, exact) == pytest.approx(0.8)
+    assert soft_iou(prob, wide) == pytest.approx(4.8 / 20)
+    assert soft_iou(np.zeros((2, 2), np.float32), np.zeros((2, 2), bool)) == 1.0
+    assert select_candidate({"border": wide, "model": exact}, prob) == "model"
+    assert select_candidate({"rect": empty, "border": wide}, np.zeros((4, 6), np.float32)) == "border"
+    assert select_candidate({"rect": exact, "border": exact.copy()}, prob) == "rect"  # tie: configured order
+    with pytest.raises(ValueError, match="at least one candidate"):
+        select_candidate({}, prob)
+
+
 @pytest.fixture()
 def promoted(tmp_path: Path) -> Paths:
     from pipeline.learning import segmenter
@@ -101,6 +128,10 @@ def test_trained_preannotator_predicts_full_size(promoted: Paths, refine: str) -
     assert res.mask.shape == (90, 130) and res.probability.shape == (90, 130)
     assert np.array_equal(res.probability >= 0.5, res.mask > 0)
     assert pre.spec.version.startswith("trained-lraspp_mobilenet_v3_large-")
+    judged = TrainedPreannotator(PreannotateParams(model="trained", device="cpu", trained=TrainedParams(
+        refine=refine, candidates=("model", "border", "rect"))), promoted)  # type: ignore[arg-type]
+    again = judged.predict(image, PredictContext(item_id="x"))
+    assert again.mask.shape == (90, 130) and np.array_equal(again.probability >= 0.5, again.mask > 0)
     with pytest.raises(ValueError, match="RGB uint8"):
         pre.predict(image[..., 0], PredictContext(item_id="x"))
 
@@ -109,9 +140,9 @@ def test_version_changes_with_refinement_settings(promoted: Paths) -> None:
     versions = {
         TrainedPreannotator(PreannotateParams(model="trained", device="cpu", trained=t), promoted).spec.version
         for t in (TrainedParams(), TrainedParams(refine="none"), TrainedParams(sure_fg=0.95),
-                  TrainedParams(prior_weight=1.0))
+                  TrainedParams(prior_weight=1.0), TrainedParams(candidates=("model", "border")))
     }
-    assert len(versions) == 4
+    assert len(versions) == 5
 
 
 def test_checkpoint_threshold_outside_sure_band_is_an_error(tmp_path: Path) -> None:
