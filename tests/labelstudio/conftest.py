@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from pipeline.core import io
-from tests.conftest import REPO, free_port, maskloop, missing
+from tests.conftest import REPO, VENV_BIN, free_port, maskloop, missing
 
 LS_BIN = REPO / ".lsvenv" / "bin" / "label-studio"
 TOKEN = "maskloop-test-token-4f2a"
@@ -220,3 +220,58 @@ def ls_project_factory(tmp_path: Path, ls_server: Server, ecssd: Path):  # type:
         return make_project(tmp_path / f"proj{next(counter)}", ls_server, ecssd, title, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+# --------------------------------------------------------------------------- maskloop assist (docs/assist.md)
+
+
+def enable_assist(project: LSProject, port: int) -> None:
+    """Turn ``annotation.labelstudio.assist`` on in the project's params.yaml, serving on ``port``."""
+    text = project.params.read_text(encoding="utf-8")
+    for old, new in (("      enabled: false        # push adds", "      enabled: true         # push adds"),
+                     ("      url: http://127.0.0.1:9090", f"      url: http://127.0.0.1:{port}"),
+                     ("      port: 9090", f"      port: {port}")):
+        assert old in text, f"params.yaml layout changed: {old!r}"
+        text = text.replace(old, new, 1)
+    project.params.write_text(text, encoding="utf-8")
+
+
+class AssistProcess:
+    """The real `maskloop assist` command in the project folder, stopped by its process group."""
+
+    def __init__(self, project: LSProject, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = project.root / "assist.log"
+        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **project.env()}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(VENV_BIN / "maskloop"), "assist", "--workers", "2"], cwd=project.root,
+                                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, f"maskloop assist exited: {self.log.read_text()}"
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "maskloop assist did not answer /health"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(20)
+
+
+def interior(region: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel of ``region`` farthest from its edge."""
+    import cv2
+
+    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)

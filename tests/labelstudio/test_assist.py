@@ -4,65 +4,18 @@ requests made through Label Studio's own API (``/api/ml/<id>/interactive-annotat
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import cv2
-import numpy as np
 import pytest
 import requests
 
 from pipeline.annotation.brush import rle_to_mask
-from tests.conftest import VENV_BIN, free_port
-from tests.labelstudio.conftest import TOKEN, LSProject, Server
+from tests.conftest import free_port
+from tests.labelstudio.conftest import TOKEN, AssistProcess, LSProject, Server, enable_assist, interior
 
 pytestmark = pytest.mark.labelstudio
-
-
-def enable_assist(project: LSProject, port: int) -> None:
-    text = project.params.read_text(encoding="utf-8")
-    for old, new in (("      enabled: false        # push adds", "      enabled: true         # push adds"),
-                     ("      url: http://127.0.0.1:9090", f"      url: http://127.0.0.1:{port}"),
-                     ("      port: 9090", f"      port: {port}")):
-        assert old in text, f"params.yaml layout changed: {old!r}"
-        text = text.replace(old, new, 1)
-    project.params.write_text(text, encoding="utf-8")
-
-
-class AssistProcess:
-    """The real `maskloop assist` command in the project folder, stopped by its process group."""
-
-    def __init__(self, project: LSProject, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = project.root / "assist.log"
-        env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **project.env()}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(VENV_BIN / "maskloop"), "assist", "--workers", "2"], cwd=project.root,
-                                         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, f"maskloop assist exited: {self.log.read_text()}"
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "maskloop assist did not answer /health"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(20)
 
 
 @pytest.fixture
@@ -75,12 +28,6 @@ def assisted(ls_project_factory: Any) -> Iterator[tuple[LSProject, AssistProcess
         yield project, server
     finally:
         server.stop()
-
-
-def interior(region: np.ndarray) -> tuple[int, int]:
-    dist = cv2.distanceTransform(np.pad(region.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return int(x), int(y)
 
 
 def keypoint(xy: tuple[int, int], shape: tuple[int, int], positive: bool) -> dict[str, Any]:
