@@ -68,7 +68,8 @@ class MatteParams:
     schwarz_tile_px: int = 256      # Schwarz subdomain size (pixels)
     schwarz_overlap_px: int = 16    # Schwarz subdomain overlap (pixels)
     schwarz_rtol: float = 1e-6      # Schwarz CG relative residual tolerance
-    schwarz_memory_mb: float = 1100.0  # exact tile factors up to this size, else incomplete Cholesky (MB)
+    schwarz_memory_mb: float = 0.0  # > 0: exact float32 tile factors up to this size (MB); 0: incomplete Cholesky
+    schwarz_coarse_px: int = 32     # coarse level: constant + colour functions per tile of this size (pixels)
     tile_px: int = 0                # cut band regions into independent tiles (0 = never; > 0 approximates)
     tile_margin: int = 32           # context around each independent tile (pixels)
     region_margin: int = 16         # context around each region crop for the non-cf solvers
@@ -91,6 +92,8 @@ class MatteParams:
         if self.schwarz_tile_px < 16 or self.schwarz_overlap_px < 2 * self.radius:
             raise ValueError(f"schwarz_tile_px must be >= 16 and schwarz_overlap_px >= 2 * radius, got "
                              f"{self.schwarz_tile_px} and {self.schwarz_overlap_px}")
+        if self.schwarz_coarse_px < 4:
+            raise ValueError(f"schwarz_coarse_px must be >= 4, got {self.schwarz_coarse_px}")
         if self.schwarz_memory_mb < 0:
             raise ValueError(f"schwarz_memory_mb must be >= 0, got {self.schwarz_memory_mb}")
         if not 0 < self.schwarz_rtol < 1:
@@ -127,7 +130,7 @@ def _solve_cf(image: np.ndarray, trimap: np.ndarray, p: MatteParams) -> np.ndarr
         image, trimap, epsilon=p.epsilon, radius=p.radius, rtol=p.rtol, maxiter=p.maxiter,
         tile_px=p.tile_px, tile_margin=p.tile_margin, threads=p.threads, linear_solver=p.linear_solver,
         schwarz_tile_px=p.schwarz_tile_px, schwarz_overlap_px=p.schwarz_overlap_px, schwarz_rtol=p.schwarz_rtol,
-        schwarz_memory_mb=p.schwarz_memory_mb,
+        schwarz_memory_mb=p.schwarz_memory_mb, schwarz_coarse_px=p.schwarz_coarse_px,
     )
 
 
