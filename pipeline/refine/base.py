@@ -275,9 +275,9 @@ class GrabCutRefineParams:
     near: float = 0.5             # ... whose part within near x the click's edge distance is a hard label
     far: float = 0.1              # a positive click this far from the prior (fraction of the longer side) is
     #                               seeded like on an empty canvas (probable foreground disc of empty_radius)
-    deep: float = 0.0             # a disagreeing click at >= deep x sqrt(area of its prior part) from the
+    deep: float = 0.1             # a disagreeing click at >= deep x sqrt(area of its prior part) from the
     #                               prior's edge releases that whole part (0 = off) ...
-    deep_keep: float = 0.1        # ... unless less than this fraction of the part keeps its side (then local)
+    deep_keep: float = 0.2        # ... unless less than this fraction of the part keeps its side (then local)
     whole_parts: bool = True      # negative click on a separate part: drop it; positive in a hole: may fill it
     min_island_frac: float = 0.1
     refine_radius: int = 2        # guided filter (edge-aware upsampling) at work size; 0 = bilinear

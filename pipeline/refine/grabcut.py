@@ -7,7 +7,10 @@ downscaled copies are cached per item, so later clicks skip them):
    outside probable background, but only in a band of ``band`` x the longer side around its edge and in a
    *release disc* around every click that disagrees with it (radius ``release`` x the click's distance to
    the edge + the band): elsewhere the prior is kept as definite labels, so a click changes the mask near
-   the click and along the edge, never far away. Inside a disagreeing click's release disc, pixels closer
+   the click and along the edge, never far away. A *deep* click (distance to the edge >= ``deep`` x the square
+   root of the area of the prior's part it lies in: the prior is badly wrong there) releases that whole part
+   instead of a disc (:func:`deep_part`); when less than ``deep_keep`` of the part keeps its side after the cut
+   (GrabCut's colour models collapsed), the local disc release is cut instead. Inside a disagreeing click's release disc, pixels closer
    to the click than half its distance to the edge take the click's side as probable label. With an empty
    canvas (no foreground yet), every pixel is probable background except discs of ``empty_radius`` around
    positive clicks (probable foreground) and the image border (definite background, as the classic GrabCut

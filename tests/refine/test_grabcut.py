@@ -102,7 +102,7 @@ def test_deep_click_releases_a_badly_wrong_prior(drawn: tuple[np.ndarray, np.nda
     prior = np.zeros_like(gt)
     prior[5:115, 5:155] = True  # a bloated pre-annotation: the object and most of the background
     click = Click(130, 95, False)  # background, 20 px from the prior's edge, sqrt(area) 128 px
-    local = RefineParams().grabcut
+    local = dataclasses.replace(RefineParams().grabcut, deep=0.0)
     deep = dataclasses.replace(local, deep=0.12)
     _labels, free = click_labels(prior, [click], local)
     assert not free[20, 20]  # off (deep 0): the prior's far corner stays definite
