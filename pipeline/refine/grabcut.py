@@ -10,8 +10,9 @@ downscaled copies are cached per item, so later clicks skip them):
    the click and along the edge, never far away. A *deep* click (distance to the edge >= ``deep`` x the square
    root of the area of the prior's part it lies in: the prior is badly wrong there) releases that whole part
    instead of a disc (:func:`deep_part`); when less than ``deep_keep`` of the part keeps its side after the cut
-   (GrabCut's colour models collapsed), the local disc release is cut instead. Inside a disagreeing click's release disc, pixels closer
-   to the click than half its distance to the edge take the click's side as probable label. With an empty
+   (GrabCut's colour models collapsed), the local disc release is cut instead. Inside a disagreeing click's
+   release disc, pixels closer to the click than half its distance to the edge take the click's side as
+   probable label. With an empty
    canvas (no foreground yet), every pixel is probable background except discs of ``empty_radius`` around
    positive clicks (probable foreground) and the image border (definite background, as the classic GrabCut
    rectangle), unless a box is given: then outside the box is definite background and inside probable
