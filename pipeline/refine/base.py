@@ -275,6 +275,9 @@ class GrabCutRefineParams:
     near: float = 0.5             # ... whose part within near x the click's edge distance is a hard label
     far: float = 0.1              # a positive click this far from the prior (fraction of the longer side) is
     #                               seeded like on an empty canvas (probable foreground disc of empty_radius)
+    deep: float = 0.1             # a disagreeing click at >= deep x sqrt(area of its prior part) from the
+    #                               prior's edge releases that whole part (0 = off) ...
+    deep_keep: float = 0.2        # ... unless less than this fraction of the part keeps its side (then local)
     whole_parts: bool = True      # negative click on a separate part: drop it; positive in a hole: may fill it
     min_island_frac: float = 0.1
     refine_radius: int = 2        # guided filter (edge-aware upsampling) at work size; 0 = bilinear
@@ -286,12 +289,12 @@ class GrabCutRefineParams:
             raise ValueError(f"refine.grabcut.work_side must be in [32, 2048], got {self.work_side}")
         if not 1 <= self.iterations <= 20:
             raise ValueError(f"refine.grabcut.iterations must be in [1, 20], got {self.iterations}")
-        for name in ("click_radius", "band", "empty_radius", "max_release", "far"):
+        for name in ("click_radius", "band", "empty_radius", "max_release", "far", "deep_keep"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"refine.grabcut.{name} must be in [0, 1], got {v}")
-        if self.release < 0 or self.wand < 0 or self.near < 0:
-            raise ValueError("refine.grabcut.release, wand and near must be >= 0")
+        if self.release < 0 or self.wand < 0 or self.near < 0 or self.deep < 0:
+            raise ValueError("refine.grabcut.release, wand, near and deep must be >= 0")
         if self.release < 0:
             raise ValueError(f"refine.grabcut.release must be >= 0, got {self.release}")
         if not 0.0 <= self.min_island_frac < 1.0:

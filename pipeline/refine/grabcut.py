@@ -7,8 +7,12 @@ downscaled copies are cached per item, so later clicks skip them):
    outside probable background, but only in a band of ``band`` x the longer side around its edge and in a
    *release disc* around every click that disagrees with it (radius ``release`` x the click's distance to
    the edge + the band): elsewhere the prior is kept as definite labels, so a click changes the mask near
-   the click and along the edge, never far away. Inside a disagreeing click's release disc, pixels closer
-   to the click than half its distance to the edge take the click's side as probable label. With an empty
+   the click and along the edge, never far away. A *deep* click (distance to the edge >= ``deep`` x the square
+   root of the area of the prior's part it lies in: the prior is badly wrong there) releases that whole part
+   instead of a disc (:func:`deep_part`); when less than ``deep_keep`` of the part keeps its side after the cut
+   (GrabCut's colour models collapsed), the local disc release is cut instead. Inside a disagreeing click's
+   release disc, pixels closer to the click than half its distance to the edge take the click's side as
+   probable label. With an empty
    canvas (no foreground yet), every pixel is probable background except discs of ``empty_radius`` around
    positive clicks (probable foreground) and the image border (definite background, as the classic GrabCut
    rectangle), unless a box is given: then outside the box is definite background and inside probable
@@ -27,6 +31,7 @@ downscaled copies are cached per item, so later clicks skip them):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -158,6 +163,47 @@ def wand(lab: np.ndarray, allowed: np.ndarray, click: Click, tolerance: float) -
     return fill[1:-1, 1:-1] == 2
 
 
+def deep_part(
+    c: Click, inside: bool, d: float, fg_comp: np.ndarray, fg_stats: np.ndarray, bg_comp: np.ndarray,
+    bg_stats: np.ndarray, deep: float,
+) -> np.ndarray | None:
+    """The bool ``(h, w)`` part of the prior (its 8-connected foreground part for a negative click inside it,
+    its 4-connected background part for a positive click outside) that a disagreeing click at distance ``d``
+    (px) from the prior's edge releases whole, or None: only when ``d >= deep`` x the square root of that
+    part's area (the click lies deep inside a large error, relative to the part's size; ``deep`` 0 = off)."""
+    if deep <= 0:
+        return None
+    comp, stats = (fg_comp, fg_stats) if inside else (bg_comp, bg_stats)
+    k = int(comp[c.y, c.x])
+    if k == 0 or d < deep * float(np.sqrt(stats[k, cv2.CC_STAT_AREA])):
+        return None
+    return comp == k  # type: ignore[no-any-return]
+
+
+def deep_released(prior: np.ndarray, clicks: Sequence[Click], params: GrabCutRefineParams) -> np.ndarray:
+    """The bool ``(h, w)`` union of the prior's parts that disagreeing clicks release whole (:func:`deep_part`;
+    work-size ``prior`` and ``clicks``), as :func:`click_labels` does; empty when ``deep`` is 0."""
+    out = np.zeros(prior.shape, bool)
+    if params.deep <= 0 or not prior.any():
+        return out
+    side = max(prior.shape)
+    d_in = cv2.distanceTransform(np.pad(prior.astype(np.uint8), 1, constant_values=0), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    d_out = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
+    _n, fg_comp, fg_stats, _ = cv2.connectedComponentsWithStats(prior.astype(np.uint8), connectivity=8)
+    _n, bg_comp, bg_stats, _ = cv2.connectedComponentsWithStats((~prior).astype(np.uint8), connectivity=4)
+    for c in clicks:
+        inside = bool(prior[c.y, c.x])
+        if inside == c.positive:
+            continue
+        d = float(d_in[c.y, c.x] if inside else d_out[c.y, c.x])
+        if c.positive and d >= params.far * side:
+            continue  # a new part (see click_labels)
+        part = deep_part(c, inside, d, fg_comp, fg_stats, bg_comp, bg_stats, params.deep)
+        if part is not None:
+            out |= part
+    return out
+
+
 def click_labels(
     prior: np.ndarray, clicks: Sequence[Click], params: GrabCutRefineParams, box: Box | None = None,
     lab: np.ndarray | None = None,
@@ -178,7 +224,7 @@ def click_labels(
         d_out = cv2.distanceTransform((~prior).astype(np.uint8), cv2.DIST_L2, 5)
         free = np.where(prior, d_in, d_out) <= band
         _n_fg, fg_comp, fg_stats, _ = cv2.connectedComponentsWithStats(prior.astype(np.uint8), connectivity=8)
-        _n_bg, bg_comp = cv2.connectedComponents((~prior).astype(np.uint8), connectivity=4)
+        _n_bg, bg_comp, bg_stats, _ = cv2.connectedComponentsWithStats((~prior).astype(np.uint8), connectivity=4)
         largest_fg = 1 + int(np.argmax(fg_stats[1:, cv2.CC_STAT_AREA]))
         border_bg = set(np.unique(np.concatenate([bg_comp[0], bg_comp[-1], bg_comp[:, 0], bg_comp[:, -1]])).tolist())
         handled: set[int] = set()
@@ -219,9 +265,15 @@ def click_labels(
                 free |= disc > 0
                 cv2.circle(labels, (c.x, c.y), r_empty, int(cv2.GC_PR_FGD), -1)
                 continue
-            radius = round(min(params.release * d, params.max_release * side) + band + r_click)
-            disc = np.zeros((h, w), np.uint8)
-            cv2.circle(disc, (c.x, c.y), radius, 1, -1)
+            part = deep_part(c, inside, d, fg_comp, fg_stats, bg_comp, bg_stats, params.deep)
+            if part is not None:
+                # deep inside a large error: the prior is badly wrong here, its whole part on the click's side
+                # is released (probable labels) instead of a disc around the click
+                disc = part.astype(np.uint8)
+            else:
+                radius = round(min(params.release * d, params.max_release * side) + band + r_click)
+                disc = np.zeros((h, w), np.uint8)
+                cv2.circle(disc, (c.x, c.y), radius, 1, -1)
             free |= disc > 0
             near = np.zeros((h, w), np.uint8)
             cv2.circle(near, (c.x, c.y), max(r_click, round(params.near * d)), 1, -1)
@@ -322,6 +374,15 @@ def refine_on_pyramid(
         sbox = Box(x0, y0, max(x0 + 1, int(np.ceil(box.x1 * sx))), max(y0 + 1, int(np.ceil(box.y1 * sy))))
     labels, free = click_labels(prior, sclicks, params, sbox, pyr.lab)
     fg = cut(pyr.small, labels, sclicks, params)
+    released = deep_released(prior, sclicks, params) if prior.any() else None
+    if released is not None and released.any():
+        # a released part that (almost) all flipped sides: one click is no evidence for that (GrabCut's
+        # colour models collapsed) -> the local release instead
+        kept = np.count_nonzero(released & (fg == prior))
+        if kept < params.deep_keep * np.count_nonzero(released):
+            local = dataclasses.replace(params, deep=0.0)
+            labels, free = click_labels(prior, sclicks, local, sbox, pyr.lab)
+            fg = cut(pyr.small, labels, sclicks, local)
     q = upsample(fg.astype(np.float32), pyr, params)
     new = q >= 0.5
     if prior_small is None and prior_full.any():

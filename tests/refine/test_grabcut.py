@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from pipeline.core.params import Paths
 from pipeline.refine import build_refiner
 from pipeline.refine.base import Box, Click, RefineInputError, RefineItem, RefineParams, check_result
-from pipeline.refine.grabcut import GrabCutRefiner, click_labels, scale_clicks
+from pipeline.refine.grabcut import GrabCutRefiner, click_labels, deep_released, scale_clicks
 from pipeline.stages.evaluate import iou
 
 from .conftest import scene
@@ -94,3 +95,32 @@ def test_labels_are_local_to_disagreeing_clicks() -> None:
     labels, free = click_labels(prior, [Click(90, 90, True)], p)
     assert free[90, 90] and free[80, 80] and labels[90, 90] == 1  # GC_FGD seed, released around it
     assert scale_clicks([Click(199, 0, True)], (100, 200), (50, 100)) == [Click(99, 0, True)]
+
+
+def test_deep_click_releases_a_badly_wrong_prior(drawn: tuple[np.ndarray, np.ndarray]) -> None:
+    img, gt = drawn
+    prior = np.zeros_like(gt)
+    prior[5:115, 5:155] = True  # a bloated pre-annotation: the object and most of the background
+    click = Click(130, 95, False)  # background, 20 px from the prior's edge, sqrt(area) 128 px
+    local = dataclasses.replace(RefineParams().grabcut, deep=0.0)
+    deep = dataclasses.replace(local, deep=0.12)
+    _labels, free = click_labels(prior, [click], local)
+    assert not free[20, 20]  # off (deep 0): the prior's far corner stays definite
+    _labels, free = click_labels(prior, [click], dataclasses.replace(local, deep=0.2))
+    assert not free[20, 20]  # 20 / 128 < 0.2: not deep enough, a local release only
+    _labels, free = click_labels(prior, [click], deep)
+    assert free[prior].all()  # deep: the whole foreground part is released
+    item = RefineItem("s", Path("u"), pixels=img)
+    kept = build_refiner("grabcut", RefineParams(grabcut=local), Paths()).refine(item, prior, [click])
+    released = build_refiner("grabcut", RefineParams(grabcut=deep), Paths()).refine(item, prior, [click])
+    assert kept.mask[10:20, 10:20].all() and not released.mask[10:20, 10:20].any()
+    assert iou(released.mask, gt) > 0.9 > iou(kept.mask, gt)
+    assert deep_released(prior, [click], deep)[prior].all() and not deep_released(prior, [click], local).any()
+    # a part that (almost) all flips sides is not trusted to one click: below deep_keep the local release wins
+    strict = dataclasses.replace(deep, deep_keep=1.0)
+    fallback = build_refiner("grabcut", RefineParams(grabcut=strict), Paths()).refine(item, prior, [click])
+    assert np.array_equal(fallback.mask, kept.mask)
+    with pytest.raises(ValueError, match="deep"):
+        dataclasses.replace(local, deep=-0.1)
+    with pytest.raises(ValueError, match="deep_keep"):
+        dataclasses.replace(local, deep_keep=1.5)
