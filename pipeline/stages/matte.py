@@ -67,7 +67,7 @@ class MatteParams:
     maxiter: int = 10000            # conjugate-gradient iterations before "did not converge" (cg solvers)
     schwarz_tile_px: int = 256      # Schwarz subdomain size (pixels)
     schwarz_overlap_px: int = 16    # Schwarz subdomain overlap (pixels)
-    schwarz_rtol: float = 1e-6      # Schwarz CG relative residual tolerance
+    schwarz_rtol: float = 3e-7      # Schwarz CG relative residual tolerance
     schwarz_memory_mb: float = 0.0  # > 0: exact float32 tile factors up to this size (MB); 0: incomplete Cholesky
     schwarz_coarse_px: int = 32     # coarse level: constant + colour functions per tile of this size (pixels)
     tile_px: int = 0                # cut band regions into independent tiles (0 = never; > 0 approximates)
