@@ -81,8 +81,7 @@ def main() -> None:
     params["train"] = {**params.get("train", {}), **{k: v for k, v in overrides.items() if v is not None},
                        "device": "cpu", "threads": args.threads}
     params.setdefault("preannotate", {})["model"] = "grabcut"
-    if not resume:
-        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params_path = Path("params.yaml")
 
     from pipeline.commands import promote
