@@ -15,7 +15,7 @@ correction)), fraction accepted unchanged, mean pixels changed, the worst items.
 round 0 + 0.08, round-1 pixels changed <= 0.75 x round 0, whole run <= 25 min.
 
     .venv/bin/python benchmarks/loop.py [--n-train 600] [--n-dev 200] [--epochs E] [--resolution R] [--lr LR]
-                                        [--refine grabcut|none] [--keep DIR]
+                                        [--refine grabcut|none] [--keep DIR] [--resume DIR]
 """
 
 from __future__ import annotations
@@ -81,8 +81,7 @@ def main() -> None:
     params["train"] = {**params.get("train", {}), **{k: v for k, v in overrides.items() if v is not None},
                        "device": "cpu", "threads": args.threads}
     params.setdefault("preannotate", {})["model"] = "grabcut"
-    if not resume:
-        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     params_path = Path("params.yaml")
 
     from pipeline.commands import promote

@@ -22,7 +22,8 @@ from pipeline.stages import train as train_stage
 from tests.conftest import REPO, maskloop
 from tests.loop.conftest import make_project
 
-TINY = {"resolution": 32, "epochs": 2, "batch_size": 4, "seed": 0, "device": "cpu", "threads": 1}
+TINY = {"arch": "lraspp_mobilenet_v3_large", "resolution": 32, "epochs": 2, "batch_size": 4, "seed": 0, "device": "cpu",
+        "threads": 1}
 
 
 @pytest.fixture(scope="module")
