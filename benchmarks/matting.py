@@ -10,7 +10,7 @@
     its distance to the exact alpha (SAD between the two alphas / SAD of the exact one), speed-up and peak.
     Targets: |ΔSAD| <= 1% against the exact solve on EVERY photo, total speed-up >= 3x against
     full-frame pymatting, peak < 2 GB. Default photos GT01-GT06; GT07-GT09 chose the settings
-    (``schwarz_tile_px``, ``schwarz_overlap_px``, ``schwarz_rtol``) and are not reported.
+    (``schwarz_coarse_px``, ``schwarz_rtol``, the deflated combination) and are not reported.
     Speed is CPU seconds of the solve (``time.process_time``, single-threaded BLAS in every child): on a
     shared machine wall time measures the other tenants; wall seconds are printed too.
 (c) end to end: real alpha -> binarised mask -> maskloop's trimap -> maskloop's alpha, SAD vs the real alpha.
