@@ -12,6 +12,7 @@ Item 9: an error body echoing the ``Authorization`` header, or a URL with ``user
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
 from typing import Any
 
@@ -24,10 +25,19 @@ from tests.labelstudio.conftest import TOKEN, LSProject, Server
 pytestmark = pytest.mark.labelstudio
 
 
-def _through(proj: LSProject, proxy: FaultProxy, server: Server) -> None:
-    params = proj.params.read_text(encoding="utf-8")
-    assert f"url: {server.url}" in params
-    proj.params.write_text(params.replace(f"url: {server.url}", f"url: {proxy.url}", 1), encoding="utf-8")
+def _push_through(proj: LSProject, server: Server, faults: list[Fault],
+                  check: bool = True) -> tuple[FaultProxy, subprocess.CompletedProcess[str], str]:
+    """``maskloop push`` with the project's Label Studio URL pointed at a :class:`FaultProxy` in front of
+    ``server`` injecting ``faults``; returns the (closed) proxy, the process and its output on one line."""
+    proxy = FaultProxy(server.url, faults)
+    try:
+        params = proj.params.read_text(encoding="utf-8")
+        assert f"url: {server.url}" in params
+        proj.params.write_text(params.replace(f"url: {server.url}", f"url: {proxy.url}", 1), encoding="utf-8")
+        proc = proj.run("push", check=check)
+    finally:
+        proxy.close()
+    return proxy, proc, " ".join((proc.stdout + proc.stderr).split())
 
 
 def _one_task_per_item(server: Server, proj: LSProject) -> list[dict[str, Any]]:
@@ -41,13 +51,7 @@ def _one_task_per_item(server: Server, proj: LSProject) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("kind", ["drop", "502"])
 def test_lost_import_answer_creates_each_task_once(ls_server: Server, ls_project_factory: Any, kind: str) -> None:
     proj = ls_project_factory(f"import-once-{kind}", chunk_size=4, backoff_s=0.1)
-    proxy = FaultProxy(ls_server.url, [Fault("POST", "/import?return_task_ids", kind)])
-    try:
-        _through(proj, proxy, ls_server)
-        proc = proj.run("push")
-    finally:
-        proxy.close()
-    log = " ".join((proc.stdout + proc.stderr).split())
+    proxy, proc, log = _push_through(proj, ls_server, [Fault("POST", "/import?return_task_ids", kind)])
     assert proxy.faults[0].hits == 1, proxy.log  # the fault really happened
     assert "reading back the project's tasks before sending anything again" in log, log
     _one_task_per_item(ls_server, proj)
@@ -60,13 +64,7 @@ def test_lost_import_answer_creates_each_task_once(ls_server: Server, ls_project
 
 def test_a_lost_answer_to_a_read_is_retried(ls_server: Server, ls_project_factory: Any) -> None:
     proj = ls_project_factory("get-retried", names=("0001", "0002"), backoff_s=0.1)
-    proxy = FaultProxy(ls_server.url, [Fault("GET", "/api/tasks", "drop", times=2)])
-    try:
-        _through(proj, proxy, ls_server)
-        proc = proj.run("push")
-    finally:
-        proxy.close()
-    log = " ".join((proc.stdout + proc.stderr).split())
+    proxy, _proc, log = _push_through(proj, ls_server, [Fault("GET", "/api/tasks", "drop", times=2)])
     assert proxy.faults[0].hits == 2
     assert "Label Studio GET /api/tasks failed" in log and "retry 2/4" in log, log
     _one_task_per_item(ls_server, proj)
@@ -74,12 +72,7 @@ def test_a_lost_answer_to_a_read_is_retried(ls_server: Server, ls_project_factor
 
 def test_project_creation_is_not_repeated(ls_server: Server, ls_project_factory: Any) -> None:
     proj = ls_project_factory("create-once", names=("0001",), backoff_s=0.1)
-    proxy = FaultProxy(ls_server.url, [Fault("POST", "/api/projects", "drop")])
-    try:
-        _through(proj, proxy, ls_server)
-        proj.run("push")
-    finally:
-        proxy.close()
+    proxy, _proc, _log = _push_through(proj, ls_server, [Fault("POST", "/api/projects", "drop")])
     assert proxy.faults[0].hits == 1
     ls_server.project(proj.title)  # asserts exactly one project with that title
     _one_task_per_item(ls_server, proj)
@@ -90,13 +83,7 @@ def test_project_creation_is_not_repeated(ls_server: Server, ls_project_factory:
 
 def test_label_studio_error_body_echoing_the_token(ls_server: Server, ls_project_factory: Any) -> None:
     proj = ls_project_factory("echo-token", names=("0001",), backoff_s=0.1)
-    proxy = FaultProxy(ls_server.url, [Fault("GET", "/api/projects", "echo400")])
-    try:
-        params = proj.params.read_text()
-        proj.params.write_text(params.replace(f"url: {ls_server.url}", f"url: {proxy.url}", 1))
-        proc = proj.run("push", check=False)
-    finally:
-        proxy.close()
+    proxy, proc, _log = _push_through(proj, ls_server, [Fault("GET", "/api/projects", "echo400")], check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1 and proxy.faults[0].hits == 1, out
     assert "failed with HTTP 400" in out and "Authorization: ***" in out, out
