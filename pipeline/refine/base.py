@@ -278,6 +278,8 @@ class GrabCutRefineParams:
     deep: float = 0.1             # a disagreeing click at >= deep x sqrt(area of its prior part) from the
     #                               prior's edge releases that whole part (0 = off) ...
     deep_keep: float = 0.2        # ... unless less than this fraction of the part keeps its side (then local)
+    deep_near: float = 0.9        # a deep negative click makes a disc of deep_near x its edge distance
+    #                               probable background, whatever the colours (0 = the wand's region only)
     whole_parts: bool = True      # negative click on a separate part: drop it; positive in a hole: may fill it
     min_island_frac: float = 0.1
     refine_radius: int = 2        # guided filter (edge-aware upsampling) at work size; 0 = bilinear
@@ -293,8 +295,8 @@ class GrabCutRefineParams:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"refine.grabcut.{name} must be in [0, 1], got {v}")
-        if self.release < 0 or self.wand < 0 or self.near < 0 or self.deep < 0:
-            raise ValueError("refine.grabcut.release, wand, near and deep must be >= 0")
+        if self.release < 0 or self.wand < 0 or self.near < 0 or self.deep < 0 or self.deep_near < 0:
+            raise ValueError("refine.grabcut.release, wand, near, deep and deep_near must be >= 0")
         if self.release < 0:
             raise ValueError(f"refine.grabcut.release must be >= 0, got {self.release}")
         if not 0.0 <= self.min_island_frac < 1.0:

@@ -275,6 +275,12 @@ def click_labels(
                 disc = np.zeros((h, w), np.uint8)
                 cv2.circle(disc, (c.x, c.y), radius, 1, -1)
             free |= disc > 0
+            if part is not None and not c.positive and params.deep_near > 0:
+                # a deep negative click in a bloated part: its neighbourhood is background whatever the colours
+                # (the foreground model, learnt from the blob itself, would otherwise keep it)
+                around = np.zeros((h, w), np.uint8)
+                cv2.circle(around, (c.x, c.y), max(r_click, round(params.deep_near * d)), 1, -1)
+                labels[(around > 0) & part] = cv2.GC_PR_BGD
             near = np.zeros((h, w), np.uint8)
             cv2.circle(near, (c.x, c.y), max(r_click, round(params.near * d)), 1, -1)
             if lab is not None and params.wand > 0:

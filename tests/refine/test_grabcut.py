@@ -124,3 +124,31 @@ def test_deep_click_releases_a_badly_wrong_prior(drawn: tuple[np.ndarray, np.nda
         dataclasses.replace(local, deep=-0.1)
     with pytest.raises(ValueError, match="deep_keep"):
         dataclasses.replace(local, deep_keep=1.5)
+
+
+def test_deep_negative_click_claims_its_neighbourhood_whatever_the_colours(
+    drawn: tuple[np.ndarray, np.ndarray],
+) -> None:
+    img, gt = drawn
+    prior = np.zeros_like(gt)
+    prior[5:115, 5:155] = True  # the bloated pre-annotation of the test above
+    click = Click(130, 95, False)  # 20 px from the prior's edge: a deep click at deep 0.12
+    base = dataclasses.replace(RefineParams().grabcut, deep=0.12, deep_near=0.0)
+    near = dataclasses.replace(base, deep_near=0.9)  # a disc of 18 px
+    off, _ = click_labels(prior, [click], base)
+    on, _ = click_labels(prior, [click], near)
+    assert off[95, 115] == 3 and on[95, 115] == 2  # 15 px away: probable background only with deep_near
+    assert on[95, 108] == off[95, 108] == 3  # 22 px away: outside the disc
+    assert np.array_equal(on[~prior], off[~prior])  # only the released part is relabelled
+    # a positive deep click is left to the wand (a disc of foreground overgrows into the background)
+    pos = Click(12, 20, True)  # 15 px from the prior: deep (sqrt(3,600) x 0.12 = 7 px), not a far new part
+    hole = prior.copy()
+    hole[5:35, 5:35] = False
+    assert deep_released(hole, [pos], base).any()
+    assert np.array_equal(click_labels(hole, [pos], base)[0], click_labels(hole, [pos], near)[0])
+    # and the whole engine still lands on the object
+    res = build_refiner("grabcut", RefineParams(grabcut=near), Paths()).refine(
+        RefineItem("s", Path("u"), pixels=img), prior, [click])
+    assert iou(res.mask, gt) > 0.9
+    with pytest.raises(ValueError, match="deep_near"):
+        dataclasses.replace(base, deep_near=-1.0)
