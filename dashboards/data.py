@@ -16,7 +16,7 @@ file                                             used for
 ``paths.corrections/masks/<id>.png``             the human correction (difference view, decision digest)
 ``paths.trimap/trimaps/<id>.png``                trimap panel
 ``paths.matte/alpha/<id>.png``                   alpha panel
-``paths.composite/lineage.parquet`` + images     composite panel
+``paths.composite/lineage.parquet`` + strips     composite panel
 ``paths.export/splits.parquet``                  split filter
 ``paths.review_db``                              latest decision per item (status filter)
 ==============================================  =====================================================
@@ -34,7 +34,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from pipeline.core.hashing import sha256_file
 from pipeline.core.params import Paths, load_paths
 from qa.checks import SEVERITIES, SEVERITY_ALIASES
 from qa.checks import severity_rank as qa_severity_rank
+
+if TYPE_CHECKING:
+    from pipeline.matting.composite import CompositeRef
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +300,25 @@ def options(queue: pd.DataFrame, column: str) -> list[str]:
 
 
 @dataclass(frozen=True)
+class CompositeFile:
+    """One composite of an item: tile ``ref.tile`` of its strips under the composite stage folder ``root``."""
+
+    root: Path
+    ref: CompositeRef
+
+    @property
+    def name(self) -> str:
+        return self.ref.composite_id
+
+    def read_image(self) -> np.ndarray:
+        """Its RGB uint8 ``(H, W, 3)`` image, through the composite read path
+        (:func:`pipeline.matting.composite.read_composite`; raises ``ImageError`` naming the strip and composite)."""
+        from pipeline.matting.composite import read_composite
+
+        return read_composite(self.root, self.ref)[0]
+
+
+@dataclass(frozen=True)
 class ItemFiles:
     """Every file the item view may show (None when that stage has not produced it)."""
 
@@ -307,7 +329,7 @@ class ItemFiles:
     curated: Path | None
     trimap: Path | None
     alpha: Path | None
-    composite: Path | None
+    composite: CompositeFile | None
 
     @property
     def reviewed_mask(self) -> Path | None:
@@ -327,17 +349,19 @@ def item_files(project: Project, item_id: str, image_path: str | Path) -> ItemFi
     """Locate an item's files by the naming conventions of docs/CONTRACTS.md."""
     p = project.paths
     composite = None
-    lineage = read_table(project.p(p.composite) / "lineage.parquet")
-    if lineage is not None and {"composite_id", "item_id"} <= set(lineage.columns):
-        ids = sorted(str(c) for c in lineage.loc[lineage["item_id"] == item_id, "composite_id"])
-        for cid in ids:
-            for ext in (".png", ".jpg"):
-                cand = project.p(p.composite) / "images" / f"{cid}{ext}"
-                if cand.is_file():
-                    composite = cand
-                    break
-            if composite:
-                break
+    croot = project.p(p.composite)
+    lineage = read_table(croot / "lineage.parquet")
+    if lineage is not None and {"composite_id", "item_id", "tile"} <= set(lineage.columns):
+        from pipeline.matting.composite import composite_refs, strip_paths
+
+        mine = lineage[lineage["item_id"].astype(str) == item_id]
+        try:
+            refs = sorted(composite_refs(mine, croot / "lineage.parquet").values(), key=lambda r: r.tile)
+        except UserError as exc:
+            log.warning("%s", exc)
+            refs = []
+        if refs and strip_paths(croot, item_id)[0].is_file():
+            composite = CompositeFile(croot, refs[0])
     return ItemFiles(
         item_id=item_id,
         image=Path(image_path),

@@ -385,10 +385,10 @@ def item_page(project: data.Project, queue: pd.DataFrame, queue_all: pd.DataFram
                 mats[1].caption("no alpha matte yet")
             if files.composite is not None:
                 try:
-                    comp = render.fit_box(_rgb(files.composite), VIEW_W, VIEW_H // 2)
+                    comp = render.fit_box(files.composite.read_image(), VIEW_W, VIEW_H // 2)
                     st.image(comp, caption=f"synthetic composite ({files.composite.name})")
                 except (OSError, ValueError) as exc:
-                    st.warning(f"{md_text(files.composite)}: cannot read ({md_text(exc)})")
+                    st.warning(f"composite {md_text(files.composite.name)}: cannot read ({md_text(exc)})")
     with right:
         st.markdown("#### QA findings")
         f = data.findings(project, item_id)

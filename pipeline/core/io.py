@@ -7,6 +7,8 @@ Conventions (every stage relies on them):
 - **Soft masks / probabilities / alpha** are ``uint8`` ``(H, W)`` in ``0..255`` (16-bit alpha optional).
 - **Trimaps** are ``uint8`` ``(H, W)`` with values exactly ``{0, 128, 255}``.
 - **Tables** are Parquet (pandas + pyarrow); **metrics** are JSON with sorted keys.
+- **Strips** are PNGs of equal-size tiles stacked top to bottom (the composite stage stores an item's
+  composites as one image strip + one alpha strip); :func:`read_strip_tile` reads one tile back.
 
 Image normalisation policy (:func:`read_image`):
 
@@ -34,7 +36,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -314,6 +318,94 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return arr
+
+
+# --------------------------------------------------------------------------- strips
+
+# OpenCV refuses to decode more than 2**30 pixels or a side above 2**20 (CV_IO_MAX_IMAGE_*); a strip of many
+# large composites may exceed that, so those are decoded with Pillow instead (PNG is lossless: same pixels).
+CV2_MAX_PIXELS = 1 << 30
+CV2_MAX_SIDE = 1 << 20
+STRIP_CACHE_SIZE = 2
+_strip_cache: OrderedDict[tuple[str, int, int, int], np.ndarray] = OrderedDict()
+_strip_lock = threading.Lock()
+
+
+def _png_size(path: Path, head: bytes) -> tuple[int, int]:
+    """``(width, height)`` from a PNG's IHDR chunk (the first 24 bytes)."""
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ImageError(path, "not a PNG file (strips are PNG)", "not_an_image")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _decode_strip(path: Path) -> np.ndarray:
+    """All pixels of a strip PNG: grey ``(H, W)`` or RGB ``(H, W, 3)``, 8 or 16 bit (cached, see read_strip_tile)."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise ImageError(path, "file not found", "unreadable") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}", "unreadable") from exc
+    if data.size == 0:
+        raise ImageError(path, "empty file (0 bytes)", "empty")
+    w, h = _png_size(path, data[:24].tobytes())
+    if w * h <= CV2_MAX_PIXELS and max(w, h) <= CV2_MAX_SIDE:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise ImageError(path, "cannot decode PNG data (truncated or corrupt)", "corrupt")
+        if arr.ndim == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    else:
+        import io as _bytes_io
+
+        try:
+            with Image.open(_bytes_io.BytesIO(data.tobytes())) as img:
+                img.load()
+                arr = np.asarray(img)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageError(path, f"cannot decode PNG data ({exc}); truncated or corrupt", "corrupt") from exc
+    return np.ascontiguousarray(arr)
+
+
+def read_strip_tile(path: Path, tile: int, count: int, what: str = "") -> np.ndarray:
+    """Tile ``tile`` of ``count`` equal-size tiles stacked top to bottom in the PNG strip ``path``: a view of rows ``tile*H .. (tile+1)*H - 1`` with ``H = strip height / count``, same dtype and channels.
+
+    ``what`` (e.g. ``"composite a_01"``) prefixes every error, which also names the file: missing, empty,
+    corrupt, or a strip whose height is not ``count`` tiles. The last ``STRIP_CACHE_SIZE`` decoded strips are
+    kept per process (keyed by path, inode, size and mtime: an atomic rewrite is a new key), so reading every
+    tile of an item's image and alpha strips decodes each strip once. Treat the result as read-only."""
+    path = Path(path)
+    prefix = f"{what}: " if what else ""
+    if not 0 <= tile < count:
+        raise ImageError(path, f"{prefix}tile {tile} is outside the strip's {count} tiles")
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise ImageError(path, f"{prefix}strip file not found", "unreadable") from exc
+    except OSError as exc:
+        raise ImageError(path, f"{prefix}cannot read strip: {exc.strerror or exc}", "unreadable") from exc
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _strip_lock:
+        arr = _strip_cache.get(key)
+        if arr is not None:
+            _strip_cache.move_to_end(key)
+    if arr is None:
+        try:
+            arr = _decode_strip(path)
+        except ImageError as exc:
+            raise ImageError(path, f"{prefix}{exc.reason}", exc.code) from exc
+        arr.flags.writeable = False
+        with _strip_lock:
+            _strip_cache[key] = arr
+            while len(_strip_cache) > STRIP_CACHE_SIZE:
+                _strip_cache.popitem(last=False)
+    height = arr.shape[0]
+    if height % count:
+        raise ImageError(path, f"{prefix}strip is {arr.shape[1]}x{height}, not {count} tiles of equal height")
+    h = height // count
+    return arr[tile * h:(tile + 1) * h]
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -14,9 +14,15 @@ Composition, in integers so it is exact and platform-independent (``a`` uint8)::
     I = (a * F + (255 - a) * B + 127) // 255
 
 The canvas is the foreground photo's size; the background is resized to cover it (then centre-cropped).
-Outputs per composite ``<item>_<k>``: ``images/*.png``, ``alpha/*.png``, and a row of
-``paths.composite/lineage.parquet`` (composite_id, item_id, background, scale, dx, dy, flip, seed,
-harmonize, shadow). Its mask (``a >= 128``) and trimap (unknown = ``0 < a < 255`` dilated by
+Outputs per matted item: two **strips**, ``image_strips/<item>.png`` (RGB) and ``alpha_strips/<item>.png``
+(8-bit grey), each the item's ``per_item`` composites stacked top to bottom in order ``k = 0 .. per_item - 1``
+(all of an item's composites have the canvas size, the item's photo size, so tile ``k`` is rows
+``k*H .. (k+1)*H - 1``); and per composite ``<item>_<k>`` a row of ``paths.composite/lineage.parquet``
+(composite_id, item_id, tile, background, scale, dx, dy, flip, seed, harmonize, shadow; ``tile`` = ``k``, its
+place in the strips). :func:`read_composite` is the one read path (export, ``maskloop materialize`` and the
+review dashboard use it). Vertical, not side by side: a tile is then a contiguous run of PNG rows and of
+memory (a view, no copy), and PNG's per-row filters see one composite per row.
+A composite's mask (``a >= 128``) and trimap (unknown = ``0 < a < 255`` dilated by
 ``trimap_px``, :func:`trimap_from_alpha`) are functions of the alpha: not stored, export derives them.
 A composite belongs to the split of its ``item_id`` (export must never put it in
 another split).
@@ -28,6 +34,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,9 +46,11 @@ from pipeline.matting.trimap import ellipse
 log = logging.getLogger(__name__)
 
 LINEAGE_COLUMNS = (
-    "composite_id", "item_id", "background", "scale", "dx", "dy", "flip", "seed", "harmonize", "shadow",
+    "composite_id", "item_id", "tile", "background", "scale", "dx", "dy", "flip", "seed", "harmonize", "shadow",
 )
 PROCEDURAL_PREFIX = "procedural:"
+IMAGE_STRIPS = "image_strips"
+ALPHA_STRIPS = "alpha_strips"
 
 
 @dataclass(frozen=True)
@@ -238,4 +247,68 @@ def background_pool(folder: Path, params: CompositeParams) -> list[str]:
             "add background photos to paths.backgrounds or set composite.procedural > 0"
         )
     return pool
+
+
+
+# --------------------------------------------------------------------------- strips: layout and the read path
+
+
+@dataclass(frozen=True)
+class CompositeRef:
+    """Where composite ``composite_id`` lives: tile ``tile`` of the ``count`` tiles in its item's strips."""
+
+    composite_id: str
+    item_id: str
+    tile: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tile < self.count:
+            raise ValueError(f"composite {self.composite_id}: tile {self.tile} outside 0..{self.count - 1}")
+
+
+def strip_paths(root: Path, item_id: str) -> tuple[Path, Path]:
+    """The image strip and alpha strip of ``item_id`` under the composite stage's folder ``root``."""
+    return Path(root) / IMAGE_STRIPS / f"{item_id}.png", Path(root) / ALPHA_STRIPS / f"{item_id}.png"
+
+
+def composite_refs(lineage: Any, where: Path | str = "lineage.parquet") -> dict[str, CompositeRef]:
+    """``composite_id -> CompositeRef`` from a lineage table (``composite_id, item_id, tile`` columns).
+
+    Raises :class:`UserError` naming ``where`` and the item when a column is missing or an item's tiles are not
+    exactly ``0 .. n-1`` (a lineage from before strips, or one out of step with the strips)."""
+    missing = {"composite_id", "item_id", "tile"} - set(getattr(lineage, "columns", ()))
+    if missing:
+        raise UserError(f"{where}: lineage lacks columns {sorted(missing)} (written before composite strips?); "
+                        "re-run `dvc repro composite`")
+    by_item: dict[str, list[tuple[int, str]]] = {}
+    for cid, item, tile in zip(lineage["composite_id"], lineage["item_id"], lineage["tile"], strict=True):
+        by_item.setdefault(str(item), []).append((int(tile), str(cid)))
+    refs: dict[str, CompositeRef] = {}
+    for item, tiles in sorted(by_item.items()):
+        if sorted(t for t, _ in tiles) != list(range(len(tiles))):
+            raise UserError(f"{where}: item {item}: composite tiles {sorted(t for t, _ in tiles)} are not "
+                            f"0..{len(tiles) - 1}; re-run `dvc repro composite`")
+        for tile, cid in tiles:
+            refs[cid] = CompositeRef(cid, item, tile, len(tiles))
+    return refs
+
+
+def read_composite(root: Path, ref: CompositeRef) -> tuple[np.ndarray, np.ndarray]:
+    """Composite ``ref``'s image (RGB uint8 ``(H, W, 3)``) and alpha (uint8 ``(H, W)``) from its item's strips
+    under ``root`` (read-only views). Raises :class:`pipeline.core.io.ImageError` naming the strip file and the
+    composite when a strip is missing, corrupt, of the wrong kind, or not ``ref.count`` tiles, or when the
+    image and alpha tiles differ in size."""
+    image_path, alpha_path = strip_paths(root, ref.item_id)
+    what = f"composite {ref.composite_id} (tile {ref.tile} of {ref.count})"
+    image = io.read_strip_tile(image_path, ref.tile, ref.count, what)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise io.ImageError(image_path, f"{what}: image strip is {image.dtype} {image.shape[1:]}, expected RGB uint8")
+    alpha = io.read_strip_tile(alpha_path, ref.tile, ref.count, what)
+    if alpha.ndim != 2 or alpha.dtype != np.uint8:
+        raise io.ImageError(alpha_path, f"{what}: alpha strip is {alpha.dtype} {alpha.shape[1:]}, expected grey uint8")
+    if alpha.shape != image.shape[:2]:
+        raise io.ImageError(alpha_path, f"{what}: alpha tile is {alpha.shape[1]}x{alpha.shape[0]}, image tile "
+                            f"{image.shape[1]}x{image.shape[0]} ({image_path})")
+    return image, alpha
 

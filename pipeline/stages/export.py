@@ -51,7 +51,13 @@ from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner,
 from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
-from pipeline.matting.composite import CompositeParams
+from pipeline.matting.composite import (
+    CompositeParams,
+    CompositeRef,
+    composite_refs,
+    read_composite,
+    strip_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +200,25 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     name = str(work.data["name"])
     compression = params.png_compression
     files: dict[str, bytes] = {}
-    image = io.read_image(work.input("image"))
-    h, w = image.shape[:2]
     trimap: np.ndarray | None = None
-    if "mask" in work.inputs:
+    if work.data["composite"]:  # image + alpha from its item's strips; mask and trimap derived from the alpha
+        ref = CompositeRef(name, str(work.data["item_id"]), int(work.data["tile"]), int(work.data["count"]))
+        image, alpha_c = read_composite(Path(str(work.data["root"])), ref)
+        h, w = image.shape[:2]
+        mask, trimap = composite_mask_trimap(alpha_c, int(work.data["trimap_px"]))
+    else:
+        image = io.read_image(work.input("image"))
+        h, w = image.shape[:2]
         mask = io.read_mask(work.input("mask"), shape=(h, w))
         if "trimap" in work.inputs:
             trimap = io.read_trimap(work.input("trimap"), shape=(h, w))
-    else:  # a composite: mask and trimap derived from its alpha
-        alpha_c = io.read_gray(work.input("alpha"))
-        if alpha_c.shape != (h, w):
-            raise ValueError(f"{work.input('alpha')}: alpha is {alpha_c.shape[1]}x{alpha_c.shape[0]}, expected {w}x{h}")
-        mask, trimap = composite_mask_trimap(alpha_c, int(work.data["trimap_px"]))
     files[f"matting/image/{name}.png"] = io.encode_png(image, compression)
     files[f"matting/mask/{name}.png"] = io.encode_png(mask, compression)
     if trimap is not None:
         files[f"matting/trimap/{name}.png"] = io.encode_png(trimap, compression)
-    if "alpha" in work.inputs:
+    if work.data["composite"]:
+        files[f"matting/alpha/{name}.png"] = io.encode_png(alpha_c, compression)
+    elif "alpha" in work.inputs:
         alpha = io.read_gray(work.input("alpha"))
         if alpha.shape != (h, w):
             raise ValueError(f"{work.input('alpha')}: alpha is {alpha.shape[1]}x{alpha.shape[0]}, expected {w}x{h}")
@@ -295,14 +303,6 @@ def selected_items(curated: Any, require_verified: bool, where: Path) -> list[st
     return ids
 
 
-def _find_file(folder: Path, stem: str) -> Path | None:
-    for ext in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"):
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    return None
-
-
 def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lineage: Any,
                 composites: bool, trimap_px: int = 5) -> list[WorkItem]:
     """One work item per exported item, plus one per composite of an exported item (when enabled; a
@@ -327,18 +327,22 @@ def build_works(paths: Paths, ids: Sequence[str], items: Mapping[str, Item], lin
     if composites and len(lineage) and {"composite_id", "item_id"} <= set(lineage.columns):
         wanted = set(ids)
         croot = Path(paths.composite)
-        for row in lineage.sort_values("composite_id").itertuples(index=False):
-            cid, src = str(row.composite_id), str(row.item_id)
-            if src not in wanted:
+        refs = composite_refs(lineage, croot / "lineage.parquet")
+        for cid in sorted(refs):
+            ref = refs[cid]
+            if ref.item_id not in wanted:
                 continue
-            image = _find_file(croot / "images", cid)
-            calpha = _find_file(croot / "alpha", cid)
-            if image is None or calpha is None:
-                log.warning("composite %s of item %s: image or alpha missing under %s; skipped", cid, src, croot)
+            image, calpha = strip_paths(croot, ref.item_id)
+            if not image.is_file() or not calpha.is_file():
+                log.warning("composite %s of item %s: image or alpha strip missing under %s; skipped", cid,
+                            ref.item_id, croot)
                 continue
+            # the strips are the inputs (content digests: a changed strip recomputes its composites); the
+            # composite itself is read through pipeline.matting.composite.read_composite
             inputs = {"image": FileInput(image), "alpha": FileInput(calpha)}
             works.append(WorkItem(key=cid, inputs=inputs,
-                                  data={"name": cid, "item_id": src, "composite": True, "trimap_px": trimap_px}))
+                                  data={"name": cid, "item_id": ref.item_id, "composite": True, "trimap_px": trimap_px,
+                                        "root": croot.as_posix(), "tile": ref.tile, "count": ref.count}))
     return works
 
 

@@ -104,10 +104,11 @@ def make_project(root: Path, n: int = 12, flag_every: int = 2, size: tuple[int, 
             trimap[edge] = 128
             io.write_png(root / f"data/trimap/trimaps/{iid}.png", trimap)
             io.write_png(root / f"data/matte/alpha/{iid}.png", cv2.GaussianBlur(mask, (5, 5), 0))
-            cid = f"{iid}_000"
-            io.write_png(root / f"data/composite/images/{cid}.png", img[:, ::-1].copy())
-            lineage.append({"composite_id": cid, "item_id": iid, "background": "bg0", "scale": 1.0, "dx": 0,
-                            "dy": 0, "flip": True, "seed": 0})
+            cid = f"{iid}_00"
+            io.write_png(root / f"data/composite/image_strips/{iid}.png", img[:, ::-1].copy())  # a 1-tile strip
+            io.write_png(root / f"data/composite/alpha_strips/{iid}.png", mask[:, ::-1].copy())
+            lineage.append({"composite_id": cid, "item_id": iid, "tile": 0, "background": "bg0", "scale": 1.0,
+                            "dx": 0, "dy": 0, "flip": True, "seed": 0})
     io.write_parquet(root / "data/ingest/manifest.parquet", pd.DataFrame(manifest, columns=list(MANIFEST_COLUMNS)))
     io.write_parquet(root / "data/preannotate/preannotations.parquet", pd.DataFrame(pre_rows))
     if with_corrections:

@@ -188,7 +188,7 @@ def test_item_view_shows_findings_and_every_panel(synth: Any, app: Any) -> None:
     assert list(findings["check"])[:2] == sorted(queue_frame(synth).set_index("item_id").loc[item, "checks"])
     assert {"value", "threshold", "passed"} <= set(findings.columns)
     captions = " ".join(str(c) for img in at.get("image") for c in img.captions)
-    for text in ("correction mask", "trimap", "alpha matte", "synthetic composite"):
+    for text in ("correction mask", "trimap", "alpha matte", f"synthetic composite ({item}_00)"):
         assert text in captions, text
     at.slider(key="opacity").set_value(0.8).run()
     assert not at.exception

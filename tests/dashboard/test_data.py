@@ -134,6 +134,13 @@ def test_item_files_digest_and_findings(tmp_path: Path) -> None:
     files = data.item_files(proj, iid, p.root / "data/raw/images/img_00000.png")
     assert files.correction and files.preannotation and files.trimap and files.alpha and files.composite
     assert files.reviewed_mask == files.correction == files.main_mask()
+    # the composite panel reads tile 0 of the item's image strip (the synthetic project's is the flipped photo)
+    assert files.composite.name == f"{iid}_00"
+    photo = io.read_image(p.root / "data/raw/images" / f"{Path(str(files.image)).name}")
+    assert files.composite.read_image().shape == photo.shape
+    (p.root / "data/composite/image_strips" / f"{iid}.png").write_bytes(b"not a png")
+    with pytest.raises(io.ImageError, match=rf"image_strips/{iid}\.png: composite {iid}_00 .*not a PNG"):
+        files.composite.read_image()
     import hashlib
 
     assert data.file_digest(files.correction) == hashlib.sha256(files.correction.read_bytes()).hexdigest()

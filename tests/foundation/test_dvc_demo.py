@@ -74,7 +74,8 @@ def test_demo_builds_the_whole_dataset(demo: Path) -> None:
         assert sorted(p.stem for p in (demo / folder).glob("*.png")) == ids, folder
     curated = pd.read_parquet(demo / "data/curated/curated.parquet")
     assert curated.included.all() and not curated.verified.any()  # the demo says its masks are unverified
-    assert len(list((demo / "data/composite/images").iterdir())) >= 4
+    for folder in ("data/composite/image_strips", "data/composite/alpha_strips"):  # one strip each per matted item
+        assert sorted(p.stem for p in (demo / folder).glob("*.png")) == ids, folder
     from pycocotools.coco import COCO
 
     splits = pd.read_parquet(demo / "data/export/splits.parquet")

@@ -16,10 +16,20 @@ from pipeline.commands.materialize import materialize
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import ParamsError, load_section
+from pipeline.matting.composite import strip_paths
 from pipeline.stages import export
 from qa.checks import QAParams
 from qa.near_duplicates import cluster, phash
 from tests.loop.conftest import make_project
+
+
+def _composite_alpha(project: Path, cid: str) -> np.ndarray:
+    """Composite ``cid``'s alpha, sliced from its item's alpha strip by hand (not through the read path)."""
+    lineage = io.read_parquet(project / "data/composite/lineage.parquet").set_index("composite_id")
+    src, tile = str(lineage.loc[cid, "item_id"]), int(lineage.loc[cid, "tile"])
+    strip = io.read_gray(strip_paths(project / "data/composite", src)[1])
+    h = strip.shape[0] // int((lineage["item_id"] == src).sum())
+    return strip[tile * h:(tile + 1) * h]
 
 
 def _set(params_path: Path, section: str, **values: object) -> None:
@@ -41,13 +51,13 @@ def exported(chdir_tmp: Path, ecssd: Path) -> Path:
     comp = chdir_tmp / "data/composite"
     rows = []
     for k in range(2):
-        cid = f"{src}-c{k}"
-        img = image[:, ::-1] if k else image
-        m = mask[:, ::-1] if k else mask
-        io.write_png(comp / "images" / f"{cid}.png", np.ascontiguousarray(img))
-        io.write_png(comp / "alpha" / f"{cid}.png", np.ascontiguousarray(m))  # a hard alpha: mask = alpha
-        rows.append({"composite_id": cid, "item_id": src, "background": f"bg{k}.jpg", "scale": 1.0, "dx": 0, "dy": 0,
-                     "flip": bool(k), "seed": k})
+        cid = f"{src}_{k:02d}"
+        rows.append({"composite_id": cid, "item_id": src, "tile": k, "background": f"bg{k}.jpg", "scale": 1.0,
+                     "dx": 0, "dy": 0, "flip": bool(k), "seed": k})
+    # the composite stage's layout: one image strip and one alpha strip per item, tile k = rows k*H .. (k+1)*H - 1
+    image_strip, alpha_strip = strip_paths(comp, src)
+    io.write_png(image_strip, np.concatenate([image, image[:, ::-1]]))
+    io.write_png(alpha_strip, np.concatenate([mask, mask[:, ::-1]]))  # a hard alpha: mask = alpha
     io.write_parquet(comp / "lineage.parquet", pd.DataFrame(rows))
     # Provenance tables for the card.
     io.write_parquet(chdir_tmp / "data/corrections/corrections.parquet", pd.DataFrame(
@@ -103,9 +113,16 @@ def test_splits_table_and_composites_follow_their_item(exported: Path) -> None:
     assert set(lineage["composite_id"]) <= set(listed)
     assert int(splits.set_index("item_id").loc[src, "n_composites"]) == 2
     cid = lineage["composite_id"].iloc[0]
-    alpha = io.read_gray(exported / "data/composite/alpha" / f"{cid}.png")
+    alpha = _composite_alpha(exported, cid)
     # the composite stage stores image + alpha only; export derives the mask (a hard alpha here: mask = alpha)
     assert np.array_equal(io.read_mask(root / "matting/mask" / f"{cid}.png"), alpha)
+    # each composite is its own tile of the item's strips: tile 1 is the flipped photo and mask
+    photo = io.read_image(Path(io.read_parquet(exported / "data/ingest/manifest.parquet")
+                               .set_index("item_id").loc[src, "source_path"]))
+    flipped = str(lineage.set_index("tile").loc[1, "composite_id"])
+    assert np.array_equal(io.read_image(root / "matting/image" / f"{flipped}.png"), photo[:, ::-1])
+    assert np.array_equal(io.read_image(root / "matting/image" / f"{cid}.png"), photo)
+    assert np.array_equal(io.read_mask(root / "matting/mask" / f"{flipped}.png"), alpha[:, ::-1])
     # by default only image/ and mask/ are written; alpha/ and trimap/ are listed by reference (materialize)
     assert sorted(p.name for p in (root / "matting").iterdir()) == ["image", "mask"]
     listing = io.read_parquet(root / export.MATTING_TABLE).set_index("path")
@@ -275,8 +292,8 @@ def test_materialize_writes_what_a_full_export_writes(exported: Path, tmp_path: 
     got = _files(out / "matting")
     assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == dict(
         zip(listing["path"].str.removeprefix("matting/"), listing["sha256"], strict=True))
-    cid = str(io.read_parquet(exported / "data/composite/lineage.parquet")["composite_id"].iloc[0])
-    alpha = io.read_gray(exported / "data/composite/alpha" / f"{cid}.png")
+    cid = str(io.read_parquet(exported / "data/composite/lineage.parquet")["composite_id"].iloc[1])
+    alpha = _composite_alpha(exported, cid)
     assert np.array_equal(io.read_gray(out / "matting/alpha" / f"{cid}.png"), alpha)
     assert np.array_equal(io.read_trimap(out / "matting/trimap" / f"{cid}.png"), alpha)  # hard alpha: no band
     assert _files(out / "coco") == _files(root / "coco")
@@ -296,8 +313,9 @@ def test_materialize_refuses_changed_inputs_and_bad_requests(exported: Path, tmp
     with pytest.raises(UserError, match=r"unknown folder\(s\) \['alphas'\]"):
         materialize(params, tmp_path / "a", ["alphas"])
     # an upstream file changed since the export (e.g. a hand edit): the recomputed file would differ
-    cid = str(io.read_parquet(exported / "data/composite/lineage.parquet")["composite_id"].iloc[0])
-    alpha_path = exported / "data/composite/alpha" / f"{cid}.png"
+    lineage = io.read_parquet(exported / "data/composite/lineage.parquet")
+    cid, src = str(lineage["composite_id"].iloc[0]), str(lineage["item_id"].iloc[0])
+    alpha_path = strip_paths(exported / "data/composite", src)[1]
     io.write_png(alpha_path, (io.read_gray(alpha_path) // 2).astype(np.uint8))
     with pytest.raises(UserError, match=rf"matting/alpha/{cid}.png recomputed from the workspace differs"):
         materialize(params, tmp_path / "b", ["alpha"])

@@ -68,8 +68,15 @@ def test_trimap_matte_composite_stages(tmp_path: Path, ecssd: Path) -> None:
     lineage = io.read_parquet(root / "data" / "composite" / "lineage.parquet")
     assert len(lineage) == 4 and set(lineage["item_id"]) == set(matte["item_id"])
     first = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted((root / "data" / "composite").rglob("*.png"))}
-    # 2 items x 2 composites x (image + alpha): masks and trimaps are derived from alpha by export
-    assert len(first) == 8 and {k.split("/")[2] for k in first} == {"images", "alpha"}
+    # 2 items x (image strip + alpha strip) of 2 composites each: masks and trimaps are derived from alpha by export
+    assert len(first) == 4 and {k.split("/")[2] for k in first} == {"image_strips", "alpha_strips"}
+    for item_id in matte["item_id"]:
+        alpha = io.read_gray(root / "data" / "matte" / "alpha" / f"{item_id}.png")
+        strip = io.read_gray(root / "data" / "composite" / "alpha_strips" / f"{item_id}.png")
+        assert strip.shape == (2 * alpha.shape[0], alpha.shape[1])  # two tiles of the photo's size, stacked
+        image_strip = io.read_image(root / "data" / "composite" / "image_strips" / f"{item_id}.png")
+        assert image_strip.shape[:2] == strip.shape
+    assert list(lineage["tile"]) == [0, 1, 0, 1]
 
     # same seed -> byte-identical files after a clean rebuild
     shutil.rmtree(root / "data" / "composite")
