@@ -1,7 +1,8 @@
 """Training a binary foreground segmenter on the exported train split (torchvision, CPU or GPU).
 
 Reads the export (``paths.export``: ``splits.parquet``, ``coco/train.json`` for the composites,
-``matting/image`` + ``matting/mask``), trains :func:`pipeline.learning.segmenter.build_segmenter` with
+``matting/image`` + ``matting/mask`` of the items; the composites, listed by reference, from the composite stage's
+strips under ``paths.composite``), trains :func:`pipeline.learning.segmenter.build_segmenter` with
 
 - loss = ``bce`` x BCE + ``dice`` x soft Dice + ``boundary`` x BCE restricted to a band of
   ``boundary_px`` pixels around the true edge (weights in ``train.loss``);
@@ -30,6 +31,7 @@ import numpy as np
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.registry import check_device
+from pipeline.dataset.exported import ExportReader
 from pipeline.learning.segmenter import (
     ARCHS,
     MIN_RESOLUTION,
@@ -143,16 +145,23 @@ class Sample:
 def load_sample(image_path: Path, mask_path: Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Read an image and its mask, resized to ``(R, R)``: RGB uint8 and float32 {0, 1}."""
     image = io.read_image(image_path)
-    mask = io.read_mask(mask_path, shape=image.shape[:2])
+    return resize_sample(image, io.read_mask(mask_path, shape=image.shape[:2]), resolution)
+
+
+def resize_sample(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its ``{0, 255}`` mask resized to ``(R, R)``: RGB uint8 and float32 {0, 1}."""
     img = resize_to(image, resolution, resolution)
     m = (resize_to(mask, resolution, resolution) >= 128).astype(np.float32)
     return img, m
 
 
-def load_split(export_root: Path, split: str, resolution: int, with_composites: bool = True) -> list[Sample]:
-    """Items of ``split`` (sorted by id) with their composites, read from an export folder.
+def load_split(export_root: Path, split: str, resolution: int, with_composites: bool = True,
+               composite_root: Path | None = None) -> list[Sample]:
+    """Items of ``split`` (sorted by id) with their composites, read from an export folder; composites the
+    export lists by reference are read from the composite stage's strips under ``composite_root``
+    (``paths.composite``) through :class:`pipeline.dataset.exported.ExportReader` (the same arrays as the files).
 
-    Raises :class:`UserError` when the export is missing or incomplete.
+    Raises :class:`UserError` when the export is missing or incomplete, or a composite's strip is missing or changed.
     """
     splits_path = export_root / "splits.parquet"
     if not splits_path.is_file():
@@ -167,15 +176,13 @@ def load_split(export_root: Path, split: str, resolution: int, with_composites: 
                 comps.setdefault(str(img["item_id"]), []).append(Path(img["file_name"]).stem)
     out: list[Sample] = []
     folder = export_root / "matting"
+    reader = ExportReader(export_root, composite_root)
     for item_id in ids:
         ipath, mpath = folder / "image" / f"{item_id}.png", folder / "mask" / f"{item_id}.png"
         if not ipath.is_file() or not mpath.is_file():
             raise UserError(f"item {item_id}: {ipath} or {mpath} missing from the export; re-run `dvc repro export`")
         img, m = load_sample(ipath, mpath, resolution)
-        extra = tuple(
-            load_sample(folder / "image" / f"{c}.png", folder / "mask" / f"{c}.png", resolution)
-            for c in sorted(comps.get(item_id, []))
-        )
+        extra = tuple(resize_sample(*reader.image_mask(c), resolution) for c in sorted(comps.get(item_id, [])))
         out.append(Sample(item_id, img, m, extra))
     return out
 

@@ -294,6 +294,12 @@ def composite_refs(lineage: Any, where: Path | str = "lineage.parquet") -> dict[
     return refs
 
 
+def composite_mask(alpha: np.ndarray) -> np.ndarray:
+    """A composite's binary mask ``{0, 255}`` from its ``(H, W)`` uint8 alpha: 255 where ``alpha >= 128``, exactly
+    as :func:`compose` makes it (the export's ``matting/mask`` file and the training read path use this)."""
+    return np.where(alpha >= 128, 255, 0).astype(np.uint8)
+
+
 def read_composite(root: Path, ref: CompositeRef) -> tuple[np.ndarray, np.ndarray]:
     """Composite ``ref``'s image (RGB uint8 ``(H, W, 3)``) and alpha (uint8 ``(H, W)``) from its item's strips
     under ``root`` (read-only views). Raises :class:`pipeline.core.io.ImageError` naming the strip file and the

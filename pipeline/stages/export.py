@@ -19,9 +19,12 @@ their lineage, pre-annotations, corrections and review decisions. The dataset un
     matting.parquet               every matting file of the dataset: name, folder, path, sha256, bytes, written
 
 **By reference.** Only the folders in ``export.materialize`` (default ``image`` and ``mask``: what COCO readers,
-training and evaluation open) are written as files; the others (trimap, alpha, foreground, cutout: each a pure
-function of upstream stage outputs that DVC already versions) are listed in ``matting.parquet`` with their
-SHA-256, and ``maskloop materialize --out DIR`` writes the complete folder layout, byte-identical to what the
+training and evaluation open) are written as files, and only for the items; the others (trimap, alpha,
+foreground, cutout: each a pure function of upstream stage outputs that DVC already versions) and every file of
+the composites (tiles of the composite stage's strips) are listed in ``matting.parquet`` with their SHA-256.
+Composites are written as files only when ``materialize`` names all six folders (the full layout here).
+Training reads a composite's image and mask from the strips (:class:`pipeline.dataset.exported.ExportReader`,
+checked against those digests), and ``maskloop materialize --out DIR`` writes the complete folder layout, byte-identical to what the
 export would have written and checked against those digests (:mod:`pipeline.commands.materialize`). The dataset
 version and the COCO documents are the same either way (the version hashes every file's bytes).
 
@@ -50,10 +53,12 @@ from pipeline.core.items import Item, ok_items
 from pipeline.core.params import DEFAULT_PARAMS, Paths, load_paths, load_runner, load_section
 from pipeline.core.runner import INDEX_NAME, FileInput, ItemResult, Stage, WorkItem, run_stage
 from pipeline.dataset.cutout import cutout, read_alpha_native
+from pipeline.dataset.exported import MATTING_TABLE
 from pipeline.dataset.splits import SPLITS, SplitItem, assign_splits, components
 from pipeline.matting.composite import (
     CompositeParams,
     CompositeRef,
+    composite_mask,
     composite_refs,
     read_composite,
     strip_paths,
@@ -62,7 +67,6 @@ from pipeline.matting.composite import (
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ("item_id", "split", "component", "fg_fraction", "dup_group", "n_composites")
-MATTING_TABLE = "matting.parquet"
 MATTING_COLUMNS = ("name", "folder", "path", "sha256", "bytes", "written")
 CATEGORY = {"id": 1, "name": "foreground", "supercategory": "foreground"}
 MattingFolder = Literal["image", "mask", "trimap", "alpha", "foreground", "cutout"]
@@ -94,8 +98,9 @@ class ExportParams:
     ``included`` item. Near-duplicate groups (``dup_group``) come from curate (``qa.phash_max_distance``) and
     are never split apart. ``n_strata``: foreground-size strata.
     ``composites``: include composites (in their source item's split).
-    ``materialize``: matting folders written as files; the others are listed by reference in ``matting.parquet``
-    and written on demand by ``maskloop materialize`` (all six: the full layout in the export folder itself).
+    ``materialize``: matting folders written as files for the items; the others, and all composites' files, are
+    listed by reference in ``matting.parquet`` and written on demand by ``maskloop materialize`` (all six: the
+    full layout in the export folder itself, composites included; see :func:`writes`).
     """
 
     seed: int = 0
@@ -192,7 +197,19 @@ def composite_mask_trimap(alpha: np.ndarray, trimap_px: int) -> tuple[np.ndarray
     The composite stage stores only image + alpha; export writes these two into the dataset."""
     from pipeline.matting.composite import trimap_from_alpha
 
-    return np.where(alpha >= 128, 255, 0).astype(np.uint8), trimap_from_alpha(alpha, trimap_px)
+    return composite_mask(alpha), trimap_from_alpha(alpha, trimap_px)
+
+
+def writes(materialize: Sequence[str], folder: str, composite: bool) -> bool:
+    """Whether the export writes ``folder``'s file of an item (``composite`` false) or of a composite as a file.
+
+    Items: the folders in ``export.materialize``. Composites: none unless ``materialize`` names all six folders
+    (the full layout in the export folder); otherwise their files are listed by reference in ``matting.parquet``
+    and read from the composite stage's strips (:class:`pipeline.dataset.exported.ExportReader`, what
+    ``maskloop train`` uses) or written by ``maskloop materialize --out DIR``."""
+    if composite:
+        return set(FOLDERS) <= set(materialize)
+    return folder in materialize
 
 
 def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
@@ -234,7 +251,7 @@ def process(work: WorkItem, params: ExportParams, _resource: Any) -> ItemResult:
     rle = encode_rle(mask)
     area, bbox = rle_area_bbox(rle)
     digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
-    written = {k: v for k, v in files.items() if k.split("/")[1] in params.materialize}
+    written = {k: v for k, v in files.items() if writes(params.materialize, k.split("/")[1], bool(work.data["composite"]))}
     return ItemResult(
         files=written,
         record={
@@ -498,8 +515,9 @@ def dataset_card(summary: Mapping[str, Any], inputs: ExportInputs, ids: Sequence
               "`dataset.json`; `matting.parquet`: every matting file with its SHA-256.", ""]
     referenced = [f for f in FOLDERS if f not in summary.get("materialized", FOLDERS)]
     if referenced:
-        lines += [f"Written in this folder: `matting/{{{','.join(f for f in FOLDERS if f not in referenced)}}}`. "
-                  f"By reference (listed in `matting.parquet`): `matting/{{{','.join(referenced)}}}`; "
+        lines += [f"Written in this folder: `matting/{{{','.join(f for f in FOLDERS if f not in referenced)}}}` of "
+                  f"the items. By reference (listed in `matting.parquet`): `matting/{{{','.join(referenced)}}}` and "
+                  "every file of the composites (read from the composite stage's strips); "
                   "`maskloop materialize --out DIR` writes the complete layout, checked against those digests.", ""]
     return "\n".join(lines)
 
@@ -534,7 +552,7 @@ def matting_table(records: Mapping[str, Mapping[str, Any]], materialize: Sequenc
         for path, sha, size in rec.get("files", []):
             folder = str(path).split("/")[1]
             rows.append({"name": str(rec["name"]), "folder": folder, "path": str(path), "sha256": str(sha),
-                         "bytes": int(size), "written": folder in materialize})
+                         "bytes": int(size), "written": writes(materialize, folder, bool(rec["composite"]))})
     rows.sort(key=lambda r: str(r["path"]))
     return pd.DataFrame(rows, columns=list(MATTING_COLUMNS))
 
@@ -607,7 +625,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
         "multi_item_groups": sum(1 for v in comp_sizes.values() if v > 1),
         "failed": result.n_failed,
         "materialized": [f for f in FOLDERS if f in params.materialize],
-        "params": {"seed": params.seed, "splits": params.splits.as_dict()},
+        "params": {"seed": params.seed, "splits": params.splits.as_dict(), "png_compression": params.png_compression},
     }
     card = dataset_card({**summary, "_decisions_path": str(paths.decisions)}, inputs, sorted(item_records), splits)
     io.write_text(root / "README.md", card)

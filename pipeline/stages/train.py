@@ -27,7 +27,7 @@ def run(params_path: Path = DEFAULT_PARAMS, retry_failed: bool = False) -> dict[
         raise UserError(f"{dataset_path}: export not found; run `dvc repro export` first")
     dataset = io.read_json(dataset_path)
     t0 = time.perf_counter()
-    train = load_split(export_root, "train", params.resolution)
+    train = load_split(export_root, "train", params.resolution, composite_root=Path(paths.composite))
     val = load_split(export_root, "val", params.resolution, with_composites=False)
     log.info("train: %d items (%d composites), val: %d items, at %dx%d", len(train),
              sum(len(s.composites) for s in train), len(val), params.resolution, params.resolution)

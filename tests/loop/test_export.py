@@ -16,6 +16,7 @@ from pipeline.commands.materialize import materialize
 from pipeline.core import io
 from pipeline.core.errors import UserError
 from pipeline.core.params import ParamsError, load_section
+from pipeline.dataset.exported import ExportReader
 from pipeline.matting.composite import strip_paths
 from pipeline.stages import export
 from qa.checks import QAParams
@@ -74,6 +75,7 @@ def exported(chdir_tmp: Path, ecssd: Path) -> Path:
 
 def test_coco_round_trip_through_pycocotools(exported: Path) -> None:
     root = exported / "data/export"
+    reader = ExportReader(root, exported / "data/composite")
     n_images = 0
     for split in ("train", "val", "test"):
         coco = COCO(str(root / "coco" / f"{split}.json"))
@@ -82,14 +84,15 @@ def test_coco_round_trip_through_pycocotools(exported: Path) -> None:
             info = coco.loadImgs(img_id)[0]
             (ann,) = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
             decoded = coco.annToMask(ann)
-            stored = io.read_mask(root / "matting" / "mask" / f"{Path(info['file_name']).stem}.png")
+            # items' files are written; composites' are read from the composite stage's strips (by reference)
+            stored = reader.image_mask(Path(info["file_name"]).stem)[1]
             assert np.array_equal(decoded * 255, stored)
             assert (info["height"], info["width"]) == stored.shape
             assert ann["area"] == float(np.count_nonzero(stored))
             ys, xs = np.nonzero(stored)
             assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
                                    float(ys.max() - ys.min() + 1)]
-            assert (root / info["file_name"]).is_file()
+            assert (root / info["file_name"]).is_file() == (not info["composite"])
             n_images += 1
     assert n_images == 12  # 10 items + 2 composites
 
@@ -114,20 +117,25 @@ def test_splits_table_and_composites_follow_their_item(exported: Path) -> None:
     assert int(splits.set_index("item_id").loc[src, "n_composites"]) == 2
     cid = lineage["composite_id"].iloc[0]
     alpha = _composite_alpha(exported, cid)
-    # the composite stage stores image + alpha only; export derives the mask (a hard alpha here: mask = alpha)
-    assert np.array_equal(io.read_mask(root / "matting/mask" / f"{cid}.png"), alpha)
+    # the composite stage stores image + alpha only; the mask is derived (a hard alpha here: mask = alpha)
+    reader = ExportReader(root, exported / "data/composite")
+    assert np.array_equal(reader.image_mask(cid)[1], alpha)
     # each composite is its own tile of the item's strips: tile 1 is the flipped photo and mask
     photo = io.read_image(Path(io.read_parquet(exported / "data/ingest/manifest.parquet")
                                .set_index("item_id").loc[src, "source_path"]))
     flipped = str(lineage.set_index("tile").loc[1, "composite_id"])
-    assert np.array_equal(io.read_image(root / "matting/image" / f"{flipped}.png"), photo[:, ::-1])
-    assert np.array_equal(io.read_image(root / "matting/image" / f"{cid}.png"), photo)
-    assert np.array_equal(io.read_mask(root / "matting/mask" / f"{flipped}.png"), alpha[:, ::-1])
-    # by default only image/ and mask/ are written; alpha/ and trimap/ are listed by reference (materialize)
+    assert np.array_equal(reader.image_mask(flipped)[0], photo[:, ::-1])
+    assert np.array_equal(reader.image_mask(cid)[0], photo)
+    assert np.array_equal(reader.image_mask(flipped)[1], alpha[:, ::-1])
+    # by default only the items' image/ and mask/ are written; alpha/, trimap/ and every composite file are
+    # listed by reference (materialize; composites: read from the strips)
     assert sorted(p.name for p in (root / "matting").iterdir()) == ["image", "mask"]
+    assert sorted(p.stem for p in (root / "matting/image").iterdir()) == sorted(splits["item_id"])
+    assert sorted(p.stem for p in (root / "matting/mask").iterdir()) == sorted(splits["item_id"])
     listing = io.read_parquet(root / export.MATTING_TABLE).set_index("path")
     assert listing.loc[f"matting/alpha/{cid}.png", "written"] == False  # noqa: E712  (numpy bool)
-    assert listing.loc[f"matting/mask/{cid}.png", "written"] == True  # noqa: E712
+    assert listing.loc[f"matting/mask/{cid}.png", "written"] == False  # noqa: E712
+    assert listing.loc[f"matting/mask/{src}.png", "written"] == True  # noqa: E712
     summary = io.read_json(root / "dataset.json")
     assert summary["items"] == 10 and summary["composites"] == 2
     assert sum(s["items"] for s in summary["splits"].values()) == 10
@@ -322,3 +330,46 @@ def test_materialize_refuses_changed_inputs_and_bad_requests(exported: Path, tmp
     _set(params, "export", materialize=["image"])
     with pytest.raises(ParamsError, match="materialize must include image and mask"):
         export.run(params)
+
+
+def test_training_reads_composites_from_the_strips_exactly_as_the_exported_files(exported: Path) -> None:
+    """Training (``load_split``) receives the same arrays whether composites come from the composite stage's strips
+    (by reference, the default) or from the files an export with every folder written holds."""
+    from pipeline.dataset.splits import SPLITS
+    from pipeline.learning.training import load_split
+
+    root, comp, params = exported / "data/export", exported / "data/composite", exported / "params.yaml"
+    cids = sorted(str(c) for c in io.read_parquet(comp / "lineage.parquet")["composite_id"])
+    reader = ExportReader(root, comp)
+    by_ref = {cid: reader.image_mask(cid) for cid in cids}
+    strips = {s: load_split(root, s, 64, composite_root=comp) for s in SPLITS}
+    assert sum(len(x.composites) for s in SPLITS for x in strips[s]) == len(cids) == 2
+    # a missing or changed strip is an error naming the composite and the file, never other training data
+    src = str(io.read_parquet(comp / "lineage.parquet")["item_id"].iloc[0])
+    alpha_strip = strip_paths(comp, src)[1]
+    saved = alpha_strip.read_bytes()
+    io.write_png(alpha_strip, (io.read_gray(alpha_strip) // 2).astype(np.uint8))
+    with pytest.raises(UserError, match=rf"composite {cids[0]}: matting/mask/{cids[0]}.png read from .*differs"):
+        ExportReader(root, comp).image_mask(cids[0])
+    alpha_strip.unlink()
+    with pytest.raises(UserError, match=rf"composite {cids[0]}: .*{alpha_strip.name}"):
+        load_split(root, "train", 64, composite_root=comp) + load_split(root, "val", 64, composite_root=comp) \
+            + load_split(root, "test", 64, composite_root=comp)
+    alpha_strip.write_bytes(saved)
+    with pytest.raises(UserError, match=rf"{cids[0]}: .*missing from the export \(no composite folder given\)"):
+        [load_split(root, s, 64) for s in SPLITS]
+    # the export with every folder written: its composite files hold exactly the arrays the read path returns
+    _set(params, "export", materialize=list(export.FOLDERS))
+    export.run(params)
+    for cid in cids:
+        image = io.read_image(root / "matting/image" / f"{cid}.png")
+        assert np.array_equal(image, by_ref[cid][0]) and image.dtype == by_ref[cid][0].dtype
+        assert np.array_equal(io.read_mask(root / "matting/mask" / f"{cid}.png", shape=image.shape[:2]), by_ref[cid][1])
+    files = {s: load_split(root, s, 64) for s in SPLITS}
+    for s in SPLITS:
+        assert [x.name for x in files[s]] == [x.name for x in strips[s]]
+        for a, b in zip(files[s], strips[s], strict=True):
+            assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+            assert len(a.composites) == len(b.composites)
+            for (ai, am), (bi, bm) in zip(a.composites, b.composites, strict=True):
+                assert np.array_equal(ai, bi) and np.array_equal(am, bm) and ai.dtype == bi.dtype
